@@ -1,0 +1,164 @@
+//! A raw byte echo server: every byte a client sends is written back until
+//! the client's end-of-file, then the server closes that connection. Shows
+//! the three axes — transport (`--udp`, `--unix`), dispatch (`--mode`) and a
+//! five-line handler — plus graceful shutdown on Ctrl-C / SIGTERM.
+//!
+//! Run it and poke it:
+//!
+//! ```text
+//! cargo run --release --example echo_server -- --bind 127.0.0.1:9999 --mode pool
+//! printf 'hello\n' | nc -q1 127.0.0.1 9999                    # TCP
+//! cargo run --example echo_server -- --udp --bind 127.0.0.1:9998
+//! printf 'hello' | nc -u -w1 127.0.0.1 9998                   # UDP
+//! cargo run --example echo_server -- --unix /tmp/echo.sock
+//! printf 'hello\n' | nc -q1 -U /tmp/echo.sock                 # Unix stream
+//! ```
+//!
+//! The first line on stdout is exactly `listening on tcp://HOST:PORT`
+//! (`udp://HOST:PORT`, `unix://PATH`) with the real bound address, so a
+//! script can start it on port 0 and read where it listens. Logs go to
+//! stderr. After a graceful stop the process exits with status 0.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
+use socketserver::{
+    DatagramRequest, DatagramSocket, Dispatch, Pool, RequestHandler, Server, StreamRequest,
+    StreamSocket, TcpServer, Threading, Transport, UdpServer, UnixDatagramServer, UnixStreamServer,
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    /// One request at a time on the serving thread.
+    Sync,
+    /// A thread per connection.
+    Threading,
+    /// A fixed pool of worker threads behind a bounded queue.
+    Pool,
+}
+
+/// A raw byte echo server.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on (host:port; port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:9999")]
+    bind: String,
+    /// Dispatch strategy.
+    #[arg(long, value_enum, default_value_t = Mode::Pool)]
+    mode: Mode,
+    /// Worker threads (pool), or the cap on live threads (threading).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Pool queue size (requests waiting for a worker).
+    #[arg(long)]
+    queue: Option<usize>,
+    /// Serve UDP (each datagram echoed to its sender); with --unix, Unix datagrams.
+    #[arg(long)]
+    udp: bool,
+    /// Serve a Unix socket at this path instead of TCP/UDP.
+    #[arg(long, value_name = "PATH")]
+    unix: Option<PathBuf>,
+    /// Seconds a graceful shutdown waits for open connections.
+    #[arg(long, value_name = "S", default_value_t = 5.0)]
+    drain_secs: f64,
+    /// Log level: off, error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    log_level: LevelFilter,
+}
+
+/// The whole stream handler: copy until EOF.
+fn echo_stream<S: StreamSocket>(req: &mut StreamRequest<S>) -> io::Result<()> {
+    io::copy(&mut req.rfile, &mut req.wfile)?;
+    Ok(())
+}
+
+/// The whole datagram handler: the packet goes back as the reply.
+fn echo_datagram<D: DatagramSocket>(req: &mut DatagramRequest<D>) -> io::Result<()> {
+    let DatagramRequest { rfile, wfile, .. } = req;
+    wfile.extend_from_slice(rfile.get_ref());
+    Ok(())
+}
+
+fn dispatch(args: &Args) -> Dispatch {
+    match args.mode {
+        Mode::Sync => Dispatch::Sync,
+        Mode::Threading => match args.workers {
+            Some(max) => Threading::new().max_threads(max).into(),
+            None => Dispatch::threading(),
+        },
+        Mode::Pool => {
+            let mut pool = args.workers.map(Pool::new).unwrap_or_default();
+            if let Some(queue) = args.queue {
+                pool = pool.queue_size(queue);
+            }
+            pool.into()
+        }
+    }
+}
+
+fn serve<T, H>(mut server: Server<T, H>, url: String, args: &Args) -> io::Result<()>
+where
+    T: Transport,
+    H: RequestHandler<T::Request>,
+{
+    server.set_dispatch(dispatch(args));
+    server.set_drain_timeout(Duration::from_secs_f64(args.drain_secs.max(0.0)));
+    server.shutdown_on_signals()?;
+    let mut stdout = io::stdout().lock();
+    writeln!(stdout, "listening on {url}")?;
+    stdout.flush()?;
+    drop(stdout);
+    log::info!("echo server on {url}, dispatch {:?}", dispatch(args));
+    let report = server.serve_forever()?;
+    log::info!("stopped: {report}; {}", server.stats().snapshot());
+    Ok(())
+}
+
+fn run(args: &Args) -> io::Result<()> {
+    match (&args.unix, args.udp) {
+        (Some(path), false) => {
+            let server = UnixStreamServer::bind(path, echo_stream)?;
+            serve(server, format!("unix://{}", path.display()), args)
+        }
+        (Some(path), true) => {
+            let server = UnixDatagramServer::bind(path, echo_datagram)?;
+            serve(server, format!("unix://{}", path.display()), args)
+        }
+        (None, false) => {
+            let server = TcpServer::bind(args.bind.as_str(), echo_stream)?;
+            let url = format!("tcp://{}", server.local_addr()?);
+            serve(server, url, args)
+        }
+        (None, true) => {
+            let server = UdpServer::bind(args.bind.as_str(), echo_datagram)?;
+            let url = format!("udp://{}", server.local_addr()?);
+            serve(server, url, args)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let log_config = ConfigBuilder::new()
+        .set_thread_level(LevelFilter::Off)
+        .build();
+    let _ = TermLogger::init(
+        args.log_level,
+        log_config,
+        TerminalMode::Stderr,
+        ColorChoice::Auto,
+    );
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("echo_server: {e}");
+            eprintln!("echo_server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! Dispatch strategies: how many requests run at once, and where — Python's
+//! mixins, chosen with one call, [`Server::set_dispatch`](crate::Server::set_dispatch).
+//!
+//! 1. [`Dispatch::Sync`] — one request at a time, on the thread that calls
+//!    `serve_forever` (Python's plain `TCPServer`). The default. Nothing to
+//!    start, nothing to join; a slow request delays every other.
+//! 2. [`Dispatch::Threading`] — a new thread per request (`ThreadingMixIn`),
+//!    joined when the server closes (`block_on_close`), with an optional cap
+//!    on live threads ([`Threading::max_threads`]).
+//! 3. [`Dispatch::Pool`] — the headline: N named worker threads started
+//!    once, a bounded crossbeam queue of pending requests in front of them,
+//!    and an explicit [`Overflow`] policy when the queue is full: block the
+//!    serving loop (backpressure) or reject at once (counted, logged, with
+//!    an optional "busy" message). Never more than N handlers at once.
+//!
+//! A dispatcher only moves requests to threads; it never reads a socket (that
+//! is the transport's job) and never decides what a request means (the
+//! handler's).
+
+use std::io;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::shutdown::ShutdownState;
+use crate::stats::Stats;
+
+mod pool;
+mod sync;
+mod threading;
+
+/// After the drain deadline cuts connections off, handlers get this long to
+/// notice and return before their threads are given up on.
+pub(crate) const FORCE_GRACE: Duration = Duration::from_millis(500);
+
+/// How a server runs its requests. See the [module docs](self).
+///
+/// # Examples
+///
+/// ```
+/// use socketserver::{Dispatch, Overflow, Pool, TcpRequest, TcpServer};
+///
+/// let mut server = TcpServer::bind("127.0.0.1:0", |_req: &mut TcpRequest| Ok(()))?;
+/// server.set_dispatch(Pool::new(8).queue_size(64).overflow(Overflow::Reject));
+/// # server.set_dispatch(Dispatch::threading());
+/// # std::io::Result::Ok(())
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Dispatch {
+    /// One request at a time on the serving thread.
+    #[default]
+    Sync,
+    /// A thread per request.
+    Threading(Threading),
+    /// A fixed pool of worker threads behind a bounded queue.
+    Pool(Pool),
+}
+
+impl Dispatch {
+    /// [`Dispatch::Sync`].
+    pub fn sync() -> Self {
+        Dispatch::Sync
+    }
+
+    /// [`Dispatch::Threading`] with no cap on live threads.
+    pub fn threading() -> Self {
+        Dispatch::Threading(Threading::new())
+    }
+
+    /// [`Dispatch::Pool`] with `workers` threads and the default queue.
+    pub fn pool(workers: usize) -> Self {
+        Dispatch::Pool(Pool::new(workers))
+    }
+}
+
+/// Settings of [`Dispatch::Threading`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Threading {
+    pub(crate) max_threads: Option<usize>,
+}
+
+impl Threading {
+    /// No cap on live threads (Python's behaviour).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Caps the number of request threads alive at once; at the cap the
+    /// serving loop waits for one to finish before accepting more
+    /// (backpressure). By default there is no cap.
+    ///
+    /// # Panics
+    ///
+    /// If `max` is zero.
+    pub fn max_threads(mut self, max: usize) -> Self {
+        assert!(max > 0, "max_threads must be at least 1");
+        self.max_threads = Some(max);
+        self
+    }
+}
+
+impl From<Threading> for Dispatch {
+    fn from(t: Threading) -> Self {
+        Dispatch::Threading(t)
+    }
+}
+
+/// What a [`Pool`] does with a request when its queue is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// Block the serving loop until a worker frees a slot: the kernel's
+    /// listen backlog then absorbs the burst, and beyond it clients wait in
+    /// `connect`. Nothing is dropped. The default.
+    #[default]
+    Block,
+    /// Close the request at once, after the server's busy hook (if any) has
+    /// written a short message; counted in `Stats::rejected` and logged.
+    /// Latency stays bounded under overload.
+    Reject,
+}
+
+/// Settings of [`Dispatch::Pool`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pool {
+    pub(crate) workers: usize,
+    pub(crate) queue_size: usize,
+    pub(crate) overflow: Overflow,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Pool::new((4 * cores).max(4))
+    }
+}
+
+impl Pool {
+    /// A pool of `workers` threads, a queue of `workers` pending requests
+    /// (so at most twice `workers` requests are held at once), and the
+    /// [`Overflow::Block`] policy. `Pool::default()` has four workers per
+    /// core, at least four.
+    ///
+    /// Each worker serves one request — for a stream server, one whole
+    /// connection — at a time: a pool of N serves N long-lived connections
+    /// at once, and the rest wait.
+    ///
+    /// # Panics
+    ///
+    /// If `workers` is zero.
+    pub fn new(workers: usize) -> Self {
+        assert!(workers > 0, "a pool needs at least one worker");
+        Pool {
+            workers,
+            queue_size: workers,
+            overflow: Overflow::Block,
+        }
+    }
+
+    /// How many accepted requests may wait for a worker. By default as many
+    /// as there are workers. Zero makes the hand-off direct: a request is
+    /// only accepted into the pool when a worker is free to take it.
+    pub fn queue_size(mut self, size: usize) -> Self {
+        self.queue_size = size;
+        self
+    }
+
+    /// What to do when the queue is full. By default [`Overflow::Block`].
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// The number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+}
+
+impl From<Pool> for Dispatch {
+    fn from(p: Pool) -> Self {
+        Dispatch::Pool(p)
+    }
+}
+
+/// What a dispatcher runs: the server's request lifecycle for one job.
+pub(crate) trait Work: Send + Sync + 'static {
+    type Job: Send + 'static;
+    /// Runs a request to completion. Never panics: handler panics are caught
+    /// and reported inside.
+    fn run(&self, job: Self::Job);
+    /// Refuses a request because the dispatcher is full.
+    fn reject(&self, job: Self::Job);
+    /// Drops a request that never started because the drain deadline passed.
+    fn discard(&self, job: Self::Job);
+}
+
+/// A running dispatcher.
+pub(crate) enum Dispatcher<W: Work> {
+    Sync,
+    Threading(threading::ThreadingDispatcher<W>),
+    Pool(pool::PoolDispatcher<W>),
+}
+
+impl<W: Work> Dispatcher<W> {
+    pub(crate) fn start(
+        dispatch: &Dispatch,
+        work: &Arc<W>,
+        state: &Arc<ShutdownState>,
+        stats: &Stats,
+    ) -> io::Result<Self> {
+        Ok(match dispatch {
+            Dispatch::Sync => Dispatcher::Sync,
+            Dispatch::Threading(cfg) => Dispatcher::Threading(threading::ThreadingDispatcher::new(
+                cfg,
+                Arc::clone(work),
+                Arc::clone(state),
+            )),
+            Dispatch::Pool(cfg) => Dispatcher::Pool(pool::PoolDispatcher::start(
+                cfg,
+                Arc::clone(work),
+                Arc::clone(state),
+                stats.clone(),
+            )?),
+        })
+    }
+
+    /// Hands a job over; may block (backpressure) but wakes on shutdown.
+    pub(crate) fn dispatch(&mut self, work: &W, job: W::Job) {
+        match self {
+            Dispatcher::Sync => sync::run(work, job),
+            Dispatcher::Threading(d) => d.dispatch(job),
+            Dispatcher::Pool(d) => d.dispatch(job),
+        }
+    }
+
+    /// Waits for every started and queued request to finish (the drain),
+    /// bounded by the shutdown deadline plus [`FORCE_GRACE`]. Returns how
+    /// many threads were abandoned.
+    pub(crate) fn drain(self) -> u64 {
+        match self {
+            Dispatcher::Sync => 0,
+            Dispatcher::Threading(d) => d.drain(),
+            Dispatcher::Pool(d) => d.drain(),
+        }
+    }
+}
+
+/// Counts live threads so a drain can wait for them with a deadline
+/// (`JoinHandle::join` has none).
+#[derive(Debug, Default)]
+pub(crate) struct LiveCount {
+    count: Mutex<usize>,
+    idle: Condvar,
+}
+
+impl LiveCount {
+    pub(crate) fn enter(self: &Arc<Self>) -> LiveGuard {
+        *self.count.lock() += 1;
+        LiveGuard(Arc::clone(self))
+    }
+
+    /// Waits until no thread is live or `until` passes; returns how many are
+    /// still live.
+    pub(crate) fn wait_idle(&self, until: Option<Instant>) -> usize {
+        let mut count = self.count.lock();
+        while *count > 0 {
+            match until {
+                Some(t) => {
+                    if self.idle.wait_until(&mut count, t).timed_out() {
+                        break;
+                    }
+                }
+                None => self.idle.wait(&mut count),
+            }
+        }
+        *count
+    }
+}
+
+/// Decrements its [`LiveCount`] when dropped, even by a panic.
+#[derive(Debug)]
+pub(crate) struct LiveGuard(Arc<LiveCount>);
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        let mut count = self.0.count.lock();
+        *count -= 1;
+        if *count == 0 {
+            self.0.idle.notify_all();
+        }
+    }
+}
+
+/// The instant after which a drain stops waiting for threads.
+pub(crate) fn give_up_at(state: &ShutdownState) -> Option<Instant> {
+    state.deadline().map(|d| d + FORCE_GRACE)
+}
+
+/// Waits for `live` threads to finish within the drain bound, then joins the
+/// finished ones. Returns how many were abandoned.
+pub(crate) fn join_all(
+    live: &LiveCount,
+    handles: Vec<std::thread::JoinHandle<()>>,
+    state: &ShutdownState,
+    what: &str,
+) -> u64 {
+    let stuck = live.wait_idle(give_up_at(state));
+    if stuck > 0 {
+        log::error!(
+            "{stuck} {what} thread(s) still running {FORCE_GRACE:?} after the drain deadline; leaving them behind"
+        );
+    }
+    for handle in handles {
+        if handle.is_finished() || stuck == 0 {
+            let _ = handle.join();
+        }
+    }
+    stuck as u64
+}

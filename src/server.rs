@@ -1,0 +1,714 @@
+//! The server: one generic type, [`Server<T, H>`], for every transport `T`
+//! and handler `H`, with the serving loop of Python's `BaseServer`.
+//!
+//! ```text
+//! bind ─────────────── server_bind + server_activate: socket options,
+//!   │                  bind, listen (backlog); port 0 → local_addr()
+//!   ▼
+//! serve_forever() ──┐  or handle_request() (optional timeout → handle_timeout)
+//!   │  loop:        │
+//!   │   wait ───────┤  one poll(2) on the socket and the shutdown waker:
+//!   │               │  no periodic wake-up (Python polls every 0.5 s)
+//!   │   take request   accept(2) / recvfrom(2), non-blocking, in batches;
+//!   │               │  transient errors (EMFILE, ECONNABORTED, ...) are
+//!   │               │  logged, backed off and survived
+//!   │   verify_request ──false──▶ close, count `denied`
+//!   │   dispatch ───┤  Sync: run here · Threading: new thread ·
+//!   │               │  Pool: bounded queue → worker (Overflow: block | reject)
+//!   │     └─▶ setup → handle → finish → close (flush wfile / send reply,
+//!   │               │  shut the connection down)
+//!   │         └─ error or panic ─▶ handle_error (default: log with peer)
+//!   │   service_actions   after each batch (and every service_interval)
+//!   ▼               │
+//! shutdown() ───────┘  from any thread, even a handler: wakes the loop
+//!   │
+//!   ▼
+//! drain ─────────────  stop accepting (listener closed: new connects are
+//!   │                  refused); queued and running requests finish until
+//!   │                  the drain deadline; then live connections are shut
+//!   │                  down; every thread is joined
+//!   ▼
+//! server_close() / Drop ── the socket is released (Unix: file removed)
+//! ```
+//!
+//! This module owns the loop and the request lifecycle around the handler;
+//! transports (`net/`) know sockets, dispatchers (`dispatch/`) know threads.
+
+use std::fmt;
+use std::io;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::dispatch::{Dispatch, Dispatcher, Work};
+use crate::error::RequestError;
+use crate::handler::RequestHandler;
+use crate::net::{BusyHook, Next, Transport, sealed};
+use crate::shutdown::{ShutdownHandle, ShutdownReport, ShutdownState};
+use crate::stats::Stats;
+use crate::sys::{self, AcceptErrorKind, Ready};
+
+/// By default `rfile` buffers 8 KiB (Python's `rbufsize = -1`: the default
+/// buffer size).
+pub const DEFAULT_RBUFSIZE: usize = 8 * 1024;
+/// By default `wfile` is unbuffered (Python's `wbufsize = 0`).
+pub const DEFAULT_WBUFSIZE: usize = 0;
+/// By default a datagram may be 8192 bytes (Python's `max_packet_size`).
+pub const DEFAULT_MAX_PACKET_SIZE: usize = 8192;
+
+/// How many requests the serving loop takes in one go before it runs
+/// `service_actions` and looks at the shutdown flag's waker again.
+const ACCEPT_BATCH: usize = 128;
+/// Back-off after a resource-exhaustion accept error: 5 ms doubling to 1 s
+/// (the schedule Go's net/http uses).
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Server settings that requests read: fixed once serving starts.
+#[derive(Clone, Debug)]
+pub(crate) struct Config {
+    pub(crate) dispatch: Dispatch,
+    pub(crate) rbufsize: usize,
+    pub(crate) wbufsize: usize,
+    pub(crate) read_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
+    pub(crate) nodelay: bool,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) service_interval: Option<Duration>,
+    pub(crate) max_packet_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            dispatch: Dispatch::default(),
+            rbufsize: DEFAULT_RBUFSIZE,
+            wbufsize: DEFAULT_WBUFSIZE,
+            read_timeout: None,
+            write_timeout: None,
+            nodelay: true,
+            timeout: None,
+            service_interval: None,
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+        }
+    }
+}
+
+/// What transports and requests need from the server.
+#[derive(Debug)]
+pub struct Context {
+    pub(crate) config: Config,
+    pub(crate) state: Arc<ShutdownState>,
+    pub(crate) stats: Stats,
+}
+
+type VerifyHook<A> = dyn Fn(&A) -> bool + Send + Sync;
+type ErrorHook<A> = dyn Fn(&A, &RequestError) + Send + Sync;
+type PlainHook = dyn Fn() + Send + Sync;
+
+/// The server hooks of Python's `BaseServer`, as closures.
+struct Hooks<A> {
+    verify_request: Option<Box<VerifyHook<A>>>,
+    handle_error: Option<Box<ErrorHook<A>>>,
+    handle_timeout: Option<Box<PlainHook>>,
+    service_actions: Option<Box<PlainHook>>,
+    busy: Option<Box<BusyHook<A>>>,
+}
+
+impl<A> Default for Hooks<A> {
+    fn default() -> Self {
+        Hooks {
+            verify_request: None,
+            handle_error: None,
+            handle_timeout: None,
+            service_actions: None,
+            busy: None,
+        }
+    }
+}
+
+/// Everything a worker needs: shared by the serving thread and workers.
+pub(crate) struct Shared<T: sealed::Transport, H> {
+    pub(crate) ctx: Context,
+    handler: H,
+    hooks: Hooks<T::Addr>,
+}
+
+impl<T: sealed::Transport, H> Shared<T, H> {
+    fn report_error(&self, peer: &T::Addr, error: &RequestError) {
+        match &self.hooks.handle_error {
+            Some(hook) => {
+                // A panicking error hook must not take a worker down with it.
+                if catch_unwind(AssertUnwindSafe(|| hook(peer, error))).is_err() {
+                    log::error!("handle_error hook panicked while reporting: {error}");
+                }
+            }
+            None => log::error!("error handling request from {peer:?}: {error}"),
+        }
+    }
+}
+
+impl<T, H> Shared<T, H>
+where
+    T: sealed::Transport,
+    H: RequestHandler<T::Request>,
+{
+    /// setup → handle → finish → close, in Python's order: `finish` runs
+    /// even when `handle` failed; neither runs when `setup` failed.
+    fn process(&self, job: T::Job) -> io::Result<()> {
+        let mut request = T::open(job, &self.ctx)?;
+        self.handler.setup(&mut request)?;
+        let handled = self.handler.handle(&mut request);
+        let finished = self.handler.finish(&mut request);
+        let closed = T::close(request);
+        handled.and(finished).and(closed)
+    }
+}
+
+impl<T, H> Work for Shared<T, H>
+where
+    T: sealed::Transport,
+    H: RequestHandler<T::Request>,
+{
+    type Job = T::Job;
+
+    fn run(&self, job: T::Job) {
+        let stats = &self.ctx.stats;
+        let peer = T::job_peer(&job).clone();
+        stats.inc_active();
+        let outcome = catch_unwind(AssertUnwindSafe(|| self.process(job)));
+        stats.dec_active();
+        let error = match outcome {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(RequestError::Io(e)),
+            Err(payload) => Some(RequestError::from_panic(payload)),
+        };
+        match error {
+            None => stats.inc_completed(),
+            Some(error) => {
+                stats.inc_errors();
+                if error.is_panic() {
+                    stats.inc_panics();
+                }
+                self.report_error(&peer, &error);
+            }
+        }
+        let state = &self.ctx.state;
+        if state.is_shutting_down() {
+            if state.is_forced() {
+                stats.inc_forced();
+            } else {
+                stats.inc_drained();
+            }
+        }
+    }
+
+    fn reject(&self, job: T::Job) {
+        let stats = &self.ctx.stats;
+        stats.inc_rejected();
+        let rejected = stats.snapshot().rejected;
+        // Under sustained overload every request is rejected: log the first
+        // and then every thousandth, not each one.
+        if rejected == 1 || rejected.is_multiple_of(1000) {
+            log::warn!(
+                "request queue full: rejected request from {:?} ({rejected} rejected so far)",
+                T::job_peer(&job)
+            );
+        }
+        T::refuse(job, self.hooks.busy.as_deref());
+    }
+
+    fn discard(&self, job: T::Job) {
+        self.ctx.stats.inc_forced();
+        log::debug!(
+            "drain deadline passed: closing unserved request from {:?}",
+            T::job_peer(&job)
+        );
+        drop(job);
+    }
+}
+
+/// A server: a transport `T`, a handler `H`, a dispatch strategy and hooks.
+///
+/// Use the aliases — [`TcpServer`], [`UdpServer`],
+/// [`UnixStreamServer`](crate::UnixStreamServer),
+/// [`UnixDatagramServer`](crate::UnixDatagramServer) — and their `bind`
+/// constructors. Settings (`set_*`) are made before serving starts.
+///
+/// # Examples
+///
+/// ```
+/// use std::io::{BufRead, Read, Write};
+/// use socketserver::{Dispatch, TcpRequest, TcpServer};
+///
+/// let mut server = TcpServer::bind("127.0.0.1:0", |req: &mut TcpRequest| {
+///     let mut line = String::new();
+///     req.rfile.read_line(&mut line)?;
+///     write!(req.wfile, "hello, {}", line.trim())?;
+///     Ok(())
+/// })?;
+/// server.set_dispatch(Dispatch::pool(4));
+/// let addr = server.local_addr()?;
+/// let handle = server.shutdown_handle();
+/// let serving = std::thread::spawn(move || server.serve_forever());
+///
+/// let mut conn = std::net::TcpStream::connect(addr)?;
+/// conn.write_all(b"world\n")?;
+/// let mut reply = String::new();
+/// conn.read_to_string(&mut reply)?;
+/// assert_eq!(reply, "hello, world");
+///
+/// handle.shutdown();
+/// serving.join().unwrap()?;
+/// # std::io::Result::Ok(())
+/// ```
+pub struct Server<T: Transport, H: RequestHandler<T::Request>> {
+    transport: Option<Arc<T>>,
+    shared: Arc<Shared<T, H>>,
+    dispatcher: Option<Dispatcher<Shared<T, H>>>,
+    prepared: bool,
+    scratch: Vec<u8>,
+    backoff: Duration,
+    report: Option<ShutdownReport>,
+}
+
+/// A TCP server (Python's `TCPServer`), IPv4 or IPv6.
+pub type TcpServer<H> = Server<std::net::TcpListener, H>;
+/// A UDP server (Python's `UDPServer`), IPv4 or IPv6.
+pub type UdpServer<H> = Server<std::net::UdpSocket, H>;
+/// A Unix stream server (Python's `UnixStreamServer`).
+#[cfg(unix)]
+pub type UnixStreamServer<H> = Server<crate::net::UnixListener, H>;
+/// A Unix datagram server (Python's `UnixDatagramServer`).
+#[cfg(unix)]
+pub type UnixDatagramServer<H> = Server<crate::net::UnixDatagramSocket, H>;
+
+impl<T: Transport, H: RequestHandler<T::Request>> fmt::Debug for Server<T, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Server")
+            .field(
+                "local_addr",
+                &self.transport.as_ref().map(|t| t.local_addr()),
+            )
+            .field("config", &self.shared.ctx.config)
+            .field("stats", &self.shared.ctx.stats.snapshot())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T, H> Server<T, H>
+where
+    T: Transport,
+    H: RequestHandler<T::Request>,
+{
+    pub(crate) fn new(transport: T, handler: H) -> io::Result<Self> {
+        let state = ShutdownState::new()?;
+        Ok(Server {
+            transport: Some(Arc::new(transport)),
+            shared: Arc::new(Shared {
+                ctx: Context {
+                    config: Config::default(),
+                    state,
+                    stats: Stats::new(),
+                },
+                handler,
+                hooks: Hooks::default(),
+            }),
+            dispatcher: None,
+            prepared: false,
+            scratch: Vec::new(),
+            backoff: Duration::ZERO,
+            report: None,
+        })
+    }
+
+    fn shared_mut(&mut self) -> &mut Shared<T, H> {
+        Arc::get_mut(&mut self.shared)
+            .expect("socketserver: settings cannot change once worker threads have started (configure the server before serving)")
+    }
+
+    /// The address the server is bound to — the real port when bound to
+    /// port 0.
+    ///
+    /// # Errors
+    ///
+    /// Fails with `NotConnected` after the server has been closed.
+    pub fn local_addr(&self) -> io::Result<T::Addr> {
+        match &self.transport {
+            Some(t) => t.local_addr(),
+            None => Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "server is closed",
+            )),
+        }
+    }
+
+    /// A handle that stops the server from any thread. See
+    /// [`ShutdownHandle`].
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle::new(Arc::clone(&self.shared.ctx.state))
+    }
+
+    /// The server's counters (a live, cloneable handle).
+    pub fn stats(&self) -> Stats {
+        self.shared.ctx.stats.clone()
+    }
+
+    /// Stops the server on Ctrl-C (SIGINT) or SIGTERM: the first signal
+    /// begins a graceful shutdown, a second forces the end of the drain.
+    /// Any number of servers in one process can register; one signal stops
+    /// them all. See [`crate::signal`].
+    ///
+    /// # Errors
+    ///
+    /// Fails if another signal handler was already installed through the
+    /// `ctrlc` crate outside this library.
+    pub fn shutdown_on_signals(&self) -> io::Result<()> {
+        crate::signal::register(&self.shutdown_handle())
+    }
+
+    /// Chooses how requests are run. By default [`Dispatch::Sync`].
+    ///
+    /// # Panics
+    ///
+    /// If worker threads have already been started by `serve_forever` or
+    /// `handle_request`.
+    pub fn set_dispatch(&mut self, dispatch: impl Into<Dispatch>) {
+        self.shared_mut().ctx.config.dispatch = dispatch.into();
+        if matches!(self.dispatcher, Some(Dispatcher::Sync)) {
+            self.dispatcher = None;
+        }
+    }
+
+    /// The size of `rfile`'s buffer (stream servers). By default 8 KiB.
+    pub fn set_rbufsize(&mut self, size: usize) {
+        self.shared_mut().ctx.config.rbufsize = size;
+    }
+
+    /// The size of `wfile`'s buffer (stream servers). By default 0:
+    /// unbuffered, every write goes to the socket. With a buffer, flush it
+    /// when a reply is complete; the server flushes it after `finish`.
+    pub fn set_wbufsize(&mut self, size: usize) {
+        self.shared_mut().ctx.config.wbufsize = size;
+    }
+
+    /// A read timeout applied to every accepted connection (Python's
+    /// `StreamRequestHandler.timeout`). By default none.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        self.shared_mut().ctx.config.read_timeout = timeout;
+    }
+
+    /// A write timeout applied to every accepted connection, and the longest
+    /// a datagram reply waits for room in the send buffer. By default none
+    /// for connections, one second for datagram replies.
+    pub fn set_write_timeout(&mut self, timeout: Option<Duration>) {
+        self.shared_mut().ctx.config.write_timeout = timeout;
+    }
+
+    /// `TCP_NODELAY` on accepted TCP connections (Python's
+    /// `disable_nagle_algorithm`). By default on: request/response protocols
+    /// should not wait 40 ms for a delayed ACK.
+    pub fn set_nodelay(&mut self, nodelay: bool) {
+        self.shared_mut().ctx.config.nodelay = nodelay;
+    }
+
+    /// How long [`handle_request`](Self::handle_request) waits for a request
+    /// before calling the `handle_timeout` hook (Python's `timeout`). By
+    /// default it waits forever.
+    pub fn set_timeout(&mut self, timeout: Option<Duration>) {
+        self.shared_mut().ctx.config.timeout = timeout;
+    }
+
+    /// How long a graceful shutdown waits for in-flight requests before
+    /// cutting their connections off. By default 5 seconds.
+    pub fn set_drain_timeout(&mut self, timeout: Duration) {
+        self.shared.ctx.state.set_drain_timeout(timeout);
+    }
+
+    /// Also run `service_actions` at least this often while idle. By default
+    /// `service_actions` runs only after requests: the serving loop sleeps
+    /// until there is work instead of waking on a timer.
+    pub fn set_service_interval(&mut self, interval: Option<Duration>) {
+        self.shared_mut().ctx.config.service_interval = interval;
+    }
+
+    /// The largest datagram accepted (datagram servers). By default 8192
+    /// bytes. A larger datagram is dropped, counted in `Stats::oversize`,
+    /// and reported to `handle_error` as [`RequestError::Oversize`] — never
+    /// passed on truncated.
+    pub fn set_max_packet_size(&mut self, size: usize) {
+        self.shared_mut().ctx.config.max_packet_size = size;
+    }
+
+    /// Python's `verify_request`: called on the serving thread with each
+    /// peer's address before dispatch; `false` closes the request without
+    /// running the handler (counted in `Stats::denied`). By default every
+    /// request is accepted.
+    pub fn set_verify_request(&mut self, hook: impl Fn(&T::Addr) -> bool + Send + Sync + 'static) {
+        self.shared_mut().hooks.verify_request = Some(Box::new(hook));
+    }
+
+    /// Python's `handle_error`: called with the peer and the error when a
+    /// request fails or its handler panics. By default the error is logged
+    /// at error level with the peer's address.
+    pub fn set_handle_error(
+        &mut self,
+        hook: impl Fn(&T::Addr, &RequestError) + Send + Sync + 'static,
+    ) {
+        self.shared_mut().hooks.handle_error = Some(Box::new(hook));
+    }
+
+    /// Python's `handle_timeout`: called when
+    /// [`handle_request`](Self::handle_request) times out. By default does
+    /// nothing.
+    pub fn set_handle_timeout(&mut self, hook: impl Fn() + Send + Sync + 'static) {
+        self.shared_mut().hooks.handle_timeout = Some(Box::new(hook));
+    }
+
+    /// Python's `service_actions`: called by `serve_forever` on the serving
+    /// thread after each batch of requests (and every
+    /// [`service_interval`](Self::set_service_interval), if set). By default
+    /// does nothing.
+    pub fn set_service_actions(&mut self, hook: impl Fn() + Send + Sync + 'static) {
+        self.shared_mut().hooks.service_actions = Some(Box::new(hook));
+    }
+
+    /// Called for a request refused by a full pool ([`Overflow::Reject`]):
+    /// whatever it writes is sent before the connection closes (for
+    /// datagram servers, as one reply datagram). The write is non-blocking
+    /// and runs on the serving thread: keep it to one short message.
+    ///
+    /// [`Overflow::Reject`]: crate::Overflow::Reject
+    pub fn set_busy_hook(
+        &mut self,
+        hook: impl Fn(&T::Addr, &mut dyn io::Write) + Send + Sync + 'static,
+    ) {
+        self.shared_mut().hooks.busy = Some(Box::new(hook));
+    }
+
+    /// Prepares the socket and starts the dispatcher's threads, once.
+    fn start(&mut self) -> io::Result<()> {
+        if let (false, Some(transport)) = (self.prepared, &self.transport) {
+            transport.prepare(&self.shared.ctx)?;
+            self.prepared = true;
+        }
+        if self.dispatcher.is_none() {
+            let ctx = &self.shared.ctx;
+            self.dispatcher = Some(Dispatcher::start(
+                &ctx.config.dispatch,
+                &self.shared,
+                &ctx.state,
+                &ctx.stats,
+            )?);
+        }
+        Ok(())
+    }
+
+    /// Serves requests until [`shutdown`](ShutdownHandle::shutdown) is
+    /// called, then drains and returns how the drain went (Python's
+    /// `serve_forever`).
+    ///
+    /// The loop sleeps in one `poll(2)` until a request or the shutdown
+    /// request arrives: shutdown is seen at once, and an idle server uses no
+    /// CPU. After shutdown the listening socket is closed, so new
+    /// connections are refused; queued and running requests finish, up to
+    /// the [drain deadline](Self::set_drain_timeout), when their
+    /// connections are shut down; every worker thread is joined.
+    ///
+    /// # Errors
+    ///
+    /// Fails only if the listening socket itself fails (not on a request's
+    /// error, nor on transient accept errors such as running out of file
+    /// descriptors, which are logged and retried with back-off). The server
+    /// is drained before the error is returned.
+    pub fn serve_forever(&mut self) -> io::Result<ShutdownReport> {
+        if let Some(report) = self.report {
+            return Ok(report);
+        }
+        let served = self.start().and_then(|()| self.serve_loop());
+        let report = self.stop();
+        served.map(|()| report)
+    }
+
+    fn serve_loop(&mut self) -> io::Result<()> {
+        let state = Arc::clone(&self.shared.ctx.state);
+        let Some(transport) = self.transport.clone() else {
+            return Ok(());
+        };
+        let interval = self.shared.ctx.config.service_interval;
+        loop {
+            // Take what is pending first: under load the socket is usually
+            // readable, and the poll would only confirm it.
+            self.take_batch(&transport)?;
+            self.service_actions();
+            if state.is_shutting_down() {
+                return Ok(());
+            }
+            match sys::wait_readable(transport.wait_fd(), state.waker(), interval)? {
+                Ready::Woken => return Ok(()),
+                Ready::Io | Ready::TimedOut => {}
+            }
+        }
+    }
+
+    /// Takes up to [`ACCEPT_BATCH`] requests; stops early when the socket
+    /// has none left or shutdown begins. Returns how many were taken.
+    fn take_batch(&mut self, transport: &Arc<T>) -> io::Result<usize> {
+        let mut taken = 0;
+        while taken < ACCEPT_BATCH && !self.shared.ctx.state.is_shutting_down() {
+            match self.take_one(transport)? {
+                true => taken += 1,
+                false => break,
+            }
+        }
+        Ok(taken)
+    }
+
+    /// Takes and dispatches one request. `Ok(false)` when none was pending
+    /// (or a transient error was absorbed).
+    fn take_one(&mut self, transport: &Arc<T>) -> io::Result<bool> {
+        let next = transport.next_job(&self.shared.ctx, &mut self.scratch);
+        match next {
+            Ok(Next::Job(job)) => {
+                self.backoff = Duration::ZERO;
+                self.shared.ctx.stats.inc_accepted();
+                self.verify_and_dispatch(job);
+                Ok(true)
+            }
+            Ok(Next::Empty) => Ok(false),
+            Ok(Next::Dropped { peer, error }) => {
+                self.shared.report_error(&peer, &error);
+                Ok(true)
+            }
+            Err(e) => self.absorb_accept_error(e).map(|()| false),
+        }
+    }
+
+    fn verify_and_dispatch(&mut self, job: T::Job) {
+        if let Some(verify) = &self.shared.hooks.verify_request {
+            let peer = T::job_peer(&job);
+            let allowed = match catch_unwind(AssertUnwindSafe(|| verify(peer))) {
+                Ok(allowed) => allowed,
+                Err(_) => {
+                    log::error!("verify_request panicked for {peer:?}; request refused");
+                    false
+                }
+            };
+            if !allowed {
+                self.shared.ctx.stats.inc_denied();
+                log::debug!("verify_request refused {peer:?}");
+                T::refuse(job, None);
+                return;
+            }
+        }
+        match &mut self.dispatcher {
+            Some(dispatcher) => dispatcher.dispatch(&self.shared, job),
+            None => self.shared.run(job),
+        }
+    }
+
+    /// Sorts an accept/receive error: retry, back off, or give up.
+    fn absorb_accept_error(&mut self, error: io::Error) -> io::Result<()> {
+        match sys::classify_accept_error(&error) {
+            AcceptErrorKind::Retry => {
+                log::debug!("transient accept error: {error}");
+                Ok(())
+            }
+            AcceptErrorKind::Backoff => {
+                self.backoff = (self.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
+                log::error!("accept failed: {error}; retrying in {:?}", self.backoff);
+                // Sleep on the waker, so shutdown still ends the wait.
+                sys::sleep_unless_woken(self.shared.ctx.state.waker(), self.backoff)?;
+                Ok(())
+            }
+            AcceptErrorKind::Fatal => {
+                log::error!("listening socket failed: {error}");
+                Err(error)
+            }
+        }
+    }
+
+    fn service_actions(&self) {
+        if let Some(hook) = &self.shared.hooks.service_actions {
+            hook();
+        }
+    }
+
+    /// Waits for and handles one request (Python's `handle_request`).
+    ///
+    /// Waits up to the [`timeout`](Self::set_timeout) (forever by default);
+    /// if it passes, calls the `handle_timeout` hook and returns `false`.
+    /// Returns `true` once a request was taken and dispatched — with a
+    /// threading or pool dispatch it may still be running — and `false`
+    /// after shutdown.
+    ///
+    /// # Errors
+    ///
+    /// Fails if the socket itself fails.
+    pub fn handle_request(&mut self) -> io::Result<bool> {
+        self.start()?;
+        let state = Arc::clone(&self.shared.ctx.state);
+        let Some(transport) = self.transport.clone() else {
+            return Ok(false);
+        };
+        let deadline = self.shared.ctx.config.timeout.map(|t| Instant::now() + t);
+        loop {
+            if state.is_shutting_down() {
+                return Ok(false);
+            }
+            let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            match sys::wait_readable(transport.wait_fd(), state.waker(), remaining)? {
+                Ready::Woken => return Ok(false),
+                Ready::TimedOut => {
+                    if let Some(hook) = &self.shared.hooks.handle_timeout {
+                        hook();
+                    }
+                    return Ok(false);
+                }
+                Ready::Io => {
+                    if self.take_one(&transport)? {
+                        return Ok(true);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops accepting, drains, joins, releases the socket. Idempotent.
+    fn stop(&mut self) -> ShutdownReport {
+        if let Some(report) = self.report {
+            return report;
+        }
+        let state = Arc::clone(&self.shared.ctx.state);
+        state.begin();
+        // Closing the listening socket refuses new connections at once
+        // instead of leaving them in the backlog.
+        self.transport = None;
+        let abandoned = self.dispatcher.take().map_or(0, Dispatcher::drain);
+        state.finish();
+        let stats = self.shared.ctx.stats.snapshot();
+        let report = ShutdownReport {
+            drained: stats.drained,
+            forced: stats.forced,
+            abandoned,
+            drain_time: state.started().map_or(Duration::ZERO, |t| t.elapsed()),
+        };
+        log::info!("server stopped: {report}");
+        self.report = Some(report);
+        report
+    }
+
+    /// Closes the server (Python's `server_close`): begins shutdown if it has
+    /// not begun, drains (bounded by the drain deadline), joins every thread
+    /// and releases the socket, so the port or path can be bound again.
+    /// Idempotent; `Drop` does the same.
+    pub fn server_close(&mut self) -> ShutdownReport {
+        self.stop()
+    }
+}
+
+impl<T: Transport, H: RequestHandler<T::Request>> Drop for Server<T, H> {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

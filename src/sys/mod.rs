@@ -1,0 +1,25 @@
+//! The platform boundary: everything the rest of the crate asks of the
+//! operating system, so that `net/`, `dispatch/` and `server.rs` read without
+//! libc. This is the only module allowed to contain `unsafe` code.
+//!
+//! What a platform must provide (the list a port starts from, as in mio's
+//! `sys/mod.rs`):
+//!
+//! 1. [`Waker`]: a descriptor that becomes readable, and *stays* readable,
+//!    once woken — the serving loop's "shutdown was requested" signal, so the
+//!    loop blocks in one `poll(2)` instead of polling a flag on a timer.
+//! 2. [`wait_readable`]: block until a socket is readable, the waker fires, or
+//!    a timeout passes.
+//! 3. [`poll_one`]: wait, with a timeout, until one descriptor is readable or
+//!    writable (deadline-bounded reads and writes on non-blocking sockets).
+//! 4. Accept-error classification ([`AcceptErrorKind`]).
+//!
+//! Only Unix is supported today; on other targets the crate does not build,
+//! and the error says so (see `lib.rs`).
+
+#[cfg(unix)]
+#[allow(unsafe_code, reason = "sys/ is the one place where unsafe code lives")]
+mod unix;
+
+#[cfg(unix)]
+pub(crate) use unix::*;
