@@ -34,7 +34,9 @@ mod threading;
 /// notice and return before their threads are given up on.
 pub(crate) const FORCE_GRACE: Duration = Duration::from_millis(500);
 
-/// How a server runs its requests. See the [module docs](self).
+/// How a server runs its requests: the strategies are described on each
+/// variant, and compared under "Which dispatch strategy?" in the
+/// [crate docs](crate).
 ///
 /// # Examples
 ///

@@ -178,8 +178,11 @@ fn bind_unix(
 
 /// A listening Unix stream socket that removes its file when dropped.
 ///
-/// Created by [`UnixStreamServer::bind`](crate::UnixStreamServer); see the
-/// [module docs](self) for how the socket file is managed.
+/// Created by [`UnixStreamServer::bind`](crate::UnixStreamServer). Binding
+/// replaces a stale socket file (nobody answers a connect on it), refuses a
+/// live server's path or a non-socket file with `AddrInUse`, and the file is
+/// removed on drop — by the process that bound it, and only if it is still
+/// the same file.
 #[derive(Debug)]
 pub struct UnixListener {
     inner: std::os::unix::net::UnixListener,
@@ -282,8 +285,8 @@ impl sealed::Transport for UnixListener {
 
 /// A bound Unix datagram socket that removes its file when dropped.
 ///
-/// Created by [`UnixDatagramServer::bind`](crate::UnixDatagramServer); see
-/// the [module docs](self) for how the socket file is managed.
+/// Created by [`UnixDatagramServer::bind`](crate::UnixDatagramServer). The
+/// socket file is managed as for [`UnixListener`].
 #[derive(Debug)]
 pub struct UnixDatagramSocket {
     inner: UnixDatagram,
