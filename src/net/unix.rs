@@ -116,18 +116,31 @@ impl SocketFile {
 
 /// Whether a server answers on `path`: a connect that is refused means the
 /// file is stale.
+///
+/// The probe connects without blocking: a blocking `connect(2)` to a live
+/// Unix stream listener whose backlog is full waits for room, which would
+/// hang `bind` behind a busy server. Would-block means a live server. Any
+/// answer other than "refused" or "gone" (`EACCES`, `EPERM` from a datagram
+/// socket connected elsewhere, ...) cannot prove the file stale, so the
+/// caller must not remove it.
 fn someone_listens(path: &Path, ty: socket2::Type) -> io::Result<bool> {
-    let result = if ty == socket2::Type::STREAM {
-        UnixStream::connect(path).map(drop)
-    } else {
-        UnixDatagram::unbound().and_then(|probe| probe.connect(path))
-    };
-    match result {
+    let probe = socket2::Socket::new(socket2::Domain::UNIX, ty, None)?;
+    probe.set_nonblocking(true)?;
+    match probe.connect(&socket2::SockAddr::unix(path)?) {
         Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock || crate::sys::is_in_progress(&e) => {
+            Ok(true)
+        }
         Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(false),
         // The file vanished between our bind and the probe.
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
+        Err(e) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!(
+                "{} exists and cannot be probed ({e}); not replacing it",
+                path.display()
+            ),
+        )),
     }
 }
 

@@ -214,6 +214,12 @@ pub(crate) fn classify_accept_error(err: &io::Error) -> AcceptErrorKind {
     }
 }
 
+/// Whether a non-blocking `connect(2)` failed with `EINPROGRESS` (std has
+/// no stable `ErrorKind` for it yet).
+pub(crate) fn is_in_progress(err: &io::Error) -> bool {
+    err.raw_os_error() == Some(Errno::EINPROGRESS as i32)
+}
+
 /// `recvfrom(2)` on a datagram socket, asking the kernel for the datagram's
 /// real length where it can tell (`MSG_TRUNC`, Linux): returns that length,
 /// which exceeds `buf.len()` when the datagram was truncated, and the sender.
