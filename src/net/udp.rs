@@ -101,8 +101,22 @@ pub(crate) fn refuse_datagram<D: DatagramSocket>(
     }
 }
 
-/// Sends one datagram, waiting up to `timeout` for room in the socket's send
-/// buffer if it is full.
+/// The first and longest pause between send attempts when `poll(2)` says
+/// the socket is writable but the send still would block.
+const SEND_RETRY_MIN: Duration = Duration::from_millis(1);
+const SEND_RETRY_MAX: Duration = Duration::from_millis(50);
+
+/// Sends one datagram, waiting up to `timeout` for room if it cannot be
+/// queued at once.
+///
+/// A UDP socket whose send buffer is full becomes writable again when there
+/// is room, so `poll(2)` is the right wait. A Unix datagram socket is
+/// different: when the *receiver's* queue is full, `sendto(2)` fails with
+/// `EAGAIN`, yet `poll(2)` on an unconnected sender reports it writable at
+/// once (Linux `unix_dgram_poll` checks the peer's queue only for connected
+/// sockets). Polling alone would spin on the CPU until the deadline, so a
+/// send that still would block after `poll` said ready backs off, 1 ms
+/// doubling to 50 ms.
 pub(crate) fn send_datagram<D: DatagramSocket>(
     socket: &D,
     data: &[u8],
@@ -110,14 +124,26 @@ pub(crate) fn send_datagram<D: DatagramSocket>(
     timeout: Duration,
 ) -> io::Result<usize> {
     let deadline = Instant::now() + timeout;
+    let mut pause = Duration::ZERO;
     loop {
         match socket.send_to_peer(data, peer) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if !sys::poll_one(socket.as_fd(), sys::Interest::Write, Some(deadline))? {
-                    return Err(io::Error::new(
+                let timed_out = || {
+                    io::Error::new(
                         io::ErrorKind::TimedOut,
-                        "datagram reply timed out: socket send buffer full",
-                    ));
+                        "datagram reply timed out: no room to send (socket buffer or receiver's queue full)",
+                    )
+                };
+                if !pause.is_zero() {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(timed_out());
+                    }
+                    std::thread::sleep(pause.min(left));
+                }
+                pause = (pause * 2).clamp(SEND_RETRY_MIN, SEND_RETRY_MAX);
+                if !sys::poll_one(socket.as_fd(), sys::Interest::Write, Some(deadline))? {
+                    return Err(timed_out());
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
