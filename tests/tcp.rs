@@ -583,3 +583,41 @@ fn service_actions_run_after_requests_and_on_the_interval() {
     }
     running.stop();
 }
+
+/// `IPV6_V6ONLY`: a `[::]` listener with `only_v6(false)` accepts IPv4
+/// clients too (seen as v4-mapped peers); with `only_v6(true)` an IPv4
+/// connect to the same port is refused.
+#[test]
+fn dual_stack_listener_accepts_ipv4_and_v6_only_refuses_it() {
+    let server = TcpServer::bind_with(
+        "[::]:0",
+        &BindOptions::new().only_v6(false),
+        |req: &mut TcpRequest| {
+            let peer = req.peer_addr().to_string();
+            req.wfile.write_all(peer.as_bytes())
+        },
+    )
+    .unwrap();
+    let running = spawn(server);
+    let port = running.addr.port();
+    let v4: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut client = connect(v4);
+    let local = client.local_addr().unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    let mut peer = String::new();
+    client.read_to_string(&mut peer).unwrap();
+    assert_eq!(peer, format!("[::ffff:127.0.0.1]:{}", local.port()));
+    let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    assert!(echo_once(v6, b"").starts_with(b"[::1]:"));
+    running.stop();
+
+    let server = TcpServer::bind_with("[::]:0", &BindOptions::new().only_v6(true), echo).unwrap();
+    let port = server.local_addr().unwrap().port();
+    let running = spawn(server);
+    let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+    assert_eq!(echo_once(v6, b"v6 only"), b"v6 only");
+    let v4: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let err = std::net::TcpStream::connect_timeout(&v4, STEP).unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    running.stop();
+}

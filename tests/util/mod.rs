@@ -10,7 +10,7 @@
 )]
 
 use std::io::{self, BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::mpsc::Receiver;
@@ -219,4 +219,44 @@ impl Drop for Proc {
             let _ = child.wait();
         }
     }
+}
+
+/// How long a UDP client waits for a reply before sending again.
+pub const UDP_RETRY: Duration = Duration::from_secs(2);
+/// How many times a UDP client sends one request before the test fails.
+/// Loopback does not lose datagrams in practice: the retries only turn a
+/// lost one into a failure after a bounded wait, never a hang.
+pub const UDP_ATTEMPTS: usize = 5;
+
+/// A UDP client on the loopback address of `server`'s family, with a read
+/// timeout of [`UDP_RETRY`].
+pub fn udp_client(server: SocketAddr) -> UdpSocket {
+    let local = if server.is_ipv6() {
+        "[::1]:0"
+    } else {
+        "127.0.0.1:0"
+    };
+    let socket = UdpSocket::bind(local).expect("bind UDP client");
+    socket.set_read_timeout(Some(UDP_RETRY)).unwrap();
+    socket.set_write_timeout(Some(STEP)).unwrap();
+    socket
+}
+
+/// Sends `data` to `to` and returns the first datagram that comes back and
+/// its source, sending again up to [`UDP_ATTEMPTS`] times.
+pub fn udp_request(client: &UdpSocket, to: SocketAddr, data: &[u8]) -> (Vec<u8>, SocketAddr) {
+    let mut buf = vec![0; 65_536];
+    for _ in 0..UDP_ATTEMPTS {
+        client.send_to(data, to).expect("send datagram");
+        match client.recv_from(&mut buf) {
+            Ok((n, from)) => return (buf[..n].to_vec(), from),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("receive reply: {e}"),
+        }
+    }
+    panic!("no reply from {to} after {UDP_ATTEMPTS} attempts");
 }
