@@ -51,6 +51,135 @@
 //! | `verify_request`, `handle_error`, `handle_timeout`, `service_actions` | [`Server::set_verify_request`], [`Server::set_handle_error`], [`Server::set_handle_timeout`], [`Server::set_service_actions`] |
 //! | `serve_forever`, `handle_request`, `shutdown`, `server_close` | [`Server::serve_forever`], [`Server::handle_request`], [`ShutdownHandle::shutdown`], [`Server::server_close`] |
 //!
+//! # Transports
+//!
+//! Python's four transports, each served by every dispatch strategy:
+//!
+//! | transport                | server                   | one request is   | the handler gets          |
+//! |--------------------------|--------------------------|------------------|---------------------------|
+//! | TCP, IPv4 and IPv6       | [`TcpServer`]            | a connection     | [`TcpRequest`]            |
+//! | UDP, IPv4 and IPv6       | [`UdpServer`]            | a datagram       | [`UdpRequest`]            |
+//! | Unix stream (`cfg(unix)`)   | [`UnixStreamServer`]   | a connection     | [`UnixStreamRequest`]     |
+//! | Unix datagram (`cfg(unix)`) | [`UnixDatagramServer`] | a datagram       | [`UnixDatagramRequest`]   |
+//!
+//! **TCP** binds any address `std` resolves, `"127.0.0.1:0"` or `"[::1]:0"`
+//! alike; port 0 picks a free port, read back with
+//! [`local_addr`](Server::local_addr). [`BindOptions`] sets the backlog,
+//! `SO_REUSEPORT`, and `IPV6_V6ONLY`: `only_v6(false)` on `"[::]:0"` makes a
+//! dual-stack listener that also accepts IPv4 clients (as v4-mapped
+//! addresses).
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use socketserver::{TcpRequest, TcpServer};
+//!
+//! let mut server = TcpServer::bind("[::1]:0", |req: &mut TcpRequest| {
+//!     std::io::copy(&mut req.rfile, &mut req.wfile).map(drop)
+//! })?;
+//! let mut client = std::net::TcpStream::connect(server.local_addr()?)?;
+//! client.write_all(b"over IPv6")?;
+//! client.shutdown(std::net::Shutdown::Write)?;
+//! assert!(server.handle_request()?); // serves the one connection
+//! let mut reply = Vec::new();
+//! client.read_to_end(&mut reply)?;
+//! assert_eq!(reply, b"over IPv6");
+//! # std::io::Result::Ok(())
+//! ```
+//!
+//! **UDP**: a [`DatagramRequest`] holds the packet
+//! ([`packet`](DatagramRequest::packet), or `rfile`), the sender
+//! ([`peer_addr`](DatagramRequest::peer_addr)), and two ways to answer:
+//! `wfile`, sent back as *one* datagram after `finish` (Python's
+//! `DatagramRequestHandler`), or [`reply`](DatagramRequest::reply), as many
+//! datagrams as the handler likes. With [`Dispatch::Pool`] and
+//! [`Dispatch::Threading`] the serving thread goes on receiving while
+//! handlers run, and every reply leaves through the server's one socket (no
+//! socket per packet). A datagram larger than the
+//! [`max_packet_size`](Server::set_max_packet_size) (8192 bytes by default)
+//! is never handed on truncated: it is dropped, counted in
+//! [`StatsSnapshot::oversize`], and reported to `handle_error` as
+//! [`RequestError::Oversize`].
+//!
+//! ```
+//! use std::io::Write;
+//! use socketserver::{Dispatch, UdpRequest, UdpServer};
+//!
+//! let mut server = UdpServer::bind("127.0.0.1:0", |req: &mut UdpRequest| {
+//!     let upper = req.packet().to_ascii_uppercase();
+//!     req.wfile.write_all(&upper) // sent to the peer after `finish`
+//! })?;
+//! server.set_dispatch(Dispatch::pool(4));
+//! let addr = server.local_addr()?;
+//! let stop = server.shutdown_handle();
+//! let serving = std::thread::spawn(move || server.serve_forever());
+//!
+//! let client = std::net::UdpSocket::bind("127.0.0.1:0")?;
+//! client.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+//! client.send_to(b"shout", addr)?;
+//! let mut buf = [0; 64];
+//! let (n, from) = client.recv_from(&mut buf)?;
+//! assert_eq!((&buf[..n], from), (&b"SHOUT"[..], addr));
+//!
+//! stop.shutdown();
+//! serving.join().unwrap()?;
+//! # std::io::Result::Ok(())
+//! ```
+//!
+//! **Unix stream** and **Unix datagram** servers bind a filesystem path.
+//! A stale socket file, left by a server that died, is replaced; a path
+//! where a live server answers is an `AddrInUse` error (its socket is never
+//! stolen), and so is a path holding anything that is not a socket (it is
+//! left alone). The file is removed when the server is closed or dropped.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use std::os::unix::net::UnixStream;
+//! use socketserver::{UnixStreamRequest, UnixStreamServer};
+//!
+//! let path = std::env::temp_dir().join(format!("socketserver-doc-stream-{}.sock", std::process::id()));
+//! let mut server = UnixStreamServer::bind(&path, |req: &mut UnixStreamRequest| {
+//!     std::io::copy(&mut req.rfile, &mut req.wfile).map(drop)
+//! })?;
+//! let mut client = UnixStream::connect(&path)?;
+//! client.write_all(b"local")?;
+//! client.shutdown(std::net::Shutdown::Write)?;
+//! assert!(server.handle_request()?);
+//! let mut reply = Vec::new();
+//! client.read_to_end(&mut reply)?;
+//! assert_eq!(reply, b"local");
+//!
+//! drop(server);
+//! assert!(!path.exists()); // the socket file goes with the server
+//! # std::io::Result::Ok(())
+//! ```
+//!
+//! A Unix datagram client must bind a path of its own to be answered. One
+//! that did not has no address: its datagram is still handled, but a reply
+//! fails with `NotConnected` ("peer has no address").
+//!
+//! ```
+//! use std::os::unix::net::UnixDatagram;
+//! use socketserver::{UnixDatagramRequest, UnixDatagramServer};
+//!
+//! let dir = std::env::temp_dir().join(format!("socketserver-doc-dgram-{}", std::process::id()));
+//! std::fs::create_dir_all(&dir)?;
+//! let (server_path, client_path) = (dir.join("server.sock"), dir.join("client.sock"));
+//! let mut server = UnixDatagramServer::bind(&server_path, |req: &mut UnixDatagramRequest| {
+//!     let reversed: Vec<u8> = req.packet().iter().rev().copied().collect();
+//!     req.reply(&reversed).map(drop) // or write it to `wfile`
+//! })?;
+//! let client = UnixDatagram::bind(&client_path)?;
+//! client.send_to(b"stressed", &server_path)?;
+//! assert!(server.handle_request()?);
+//! let mut buf = [0; 64];
+//! let n = client.recv(&mut buf)?;
+//! assert_eq!(&buf[..n], b"desserts");
+//!
+//! drop((server, client));
+//! std::fs::remove_dir_all(&dir)?;
+//! # std::io::Result::Ok(())
+//! ```
+//!
 //! # Lifecycle
 //!
 //! ```text

@@ -212,9 +212,13 @@ pub type UnixStreamRequest = StreamRequest<std::os::unix::net::UnixStream>;
 ///
 /// `rfile` reads the packet; whatever the handler writes to `wfile` is sent
 /// back to the peer as **one** datagram after `finish` (Python's
-/// `DatagramRequestHandler`), unless it is empty. For several replies, or a
-/// reply to another address, use [`reply`](Self::reply) or
-/// [`socket`](Self::socket).
+/// `DatagramRequestHandler`), unless it is empty (Python would send an
+/// empty datagram; here send one with `reply(b"")`). A failed `wfile` reply
+/// is reported to `handle_error`. For several replies, or a reply to
+/// another address, use [`reply`](Self::reply) or [`socket`](Self::socket).
+///
+/// Every reply goes out through the server's one socket, from the address
+/// the server is bound to, whichever thread the handler runs on.
 ///
 /// # Examples
 ///
@@ -290,7 +294,13 @@ impl<D: DatagramSocket> DatagramRequest<D> {
         crate::net::send_datagram(&*self.socket, data, &self.peer, self.reply_timeout)
     }
 
-    /// The server's socket (Python's `socket` attribute of the request).
+    /// The server's socket (Python's `socket` attribute of the request),
+    /// shared with the serving thread and every other handler.
+    ///
+    /// It is in non-blocking mode while the server runs: a direct
+    /// `send_to` on it may fail with `WouldBlock` where
+    /// [`reply`](Self::reply) would wait for room. Never receive from it;
+    /// that would steal other clients' requests.
     pub fn socket(&self) -> &D {
         &self.socket
     }

@@ -45,7 +45,8 @@ pub struct Stats(Arc<Counters>);
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct StatsSnapshot {
-    /// Connections accepted or datagrams received.
+    /// Connections accepted or datagrams received (oversize datagrams are
+    /// counted in `oversize` only).
     pub accepted: u64,
     /// Requests closed because `verify_request` said no.
     pub denied: u64,
@@ -63,7 +64,8 @@ pub struct StatsSnapshot {
     pub errors: u64,
     /// Of `errors`, those that were panics.
     pub panics: u64,
-    /// Datagrams larger than `max_packet_size`, dropped.
+    /// Datagrams larger than `max_packet_size`, dropped unhandled and
+    /// reported to `handle_error` (not counted in `accepted` or `errors`).
     pub oversize: u64,
     /// Requests cut off or discarded at the drain deadline.
     pub forced: u64,

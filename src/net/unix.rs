@@ -13,9 +13,21 @@
 //!   process that bound it, and only if it is still the same file (a newer
 //!   server may have replaced it).
 //!
+//! "Does a live server answer?" is decided by connecting to the path, as a
+//! client would: refused means stale. The probe connects without blocking
+//! and closes at once, so a live stream server sees one empty connection;
+//! an answer that proves nothing either way (`EACCES`, ...) keeps the file.
+//!
 //! Two servers racing to replace the same stale file can still both succeed
 //! in turn, the second unlinking the first's fresh socket; start one server
 //! per path.
+//!
+//! # Platform-specific behavior
+//!
+//! On Linux a connect to a live listener whose backlog is full would block,
+//! which the probe sees as "live". The BSDs and macOS refuse such a connect
+//! with `ECONNREFUSED`, the same answer as a stale file, so there a server
+//! flooded past its backlog can lose its path to a newcomer.
 
 use std::fs;
 use std::io::{self, IoSlice, Read, Write};
