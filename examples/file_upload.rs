@@ -297,8 +297,12 @@ impl RequestHandler<TcpRequest> for UploadHandler {
             }
             Err(e) => {
                 log::warn!("{peer}: upload refused: {e}");
-                writeln!(req.wfile, "ERR {e}")?;
-                req.wfile.flush()?;
+                // A client that went away cannot be told; that is not a
+                // second failure worth reporting.
+                if let Err(e) = writeln!(req.wfile, "ERR {e}").and_then(|()| req.wfile.flush()) {
+                    log::debug!("{peer}: could not send the refusal: {e}");
+                    return Ok(());
+                }
                 // The client may still be sending the data we refused: say
                 // we are done, then drain a little before closing.
                 let _ = req.socket().shutdown(std::net::Shutdown::Write);
