@@ -24,7 +24,7 @@ use clap::Parser;
 
 /// Sends lines to an echo server and prints the replies.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Server address (host:port).
     #[arg(long, default_value = "127.0.0.1:9999")]

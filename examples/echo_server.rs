@@ -19,7 +19,7 @@
 //! script can start it on port 0 and read where it listens. Logs go to
 //! stderr. After a graceful stop the process exits with status 0.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -43,7 +43,7 @@ enum Mode {
 
 /// A raw byte echo server.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version)]
 struct Args {
     /// Address to listen on (host:port; port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:9999")]
@@ -151,7 +151,13 @@ fn main() -> ExitCode {
         args.log_level,
         log_config,
         TerminalMode::Stderr,
-        ColorChoice::Auto,
+        // termcolor's Auto looks only at TERM, so a log redirected to a
+        // file would fill with escape codes.
+        if io::stderr().is_terminal() {
+            ColorChoice::Auto
+        } else {
+            ColorChoice::Never
+        },
     );
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
