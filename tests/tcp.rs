@@ -180,6 +180,58 @@ fn reject_policy_closes_overflow_at_once_with_a_busy_message() {
     running.stop();
 }
 
+/// Regression: with a direct hand-off (`queue_size(0)`) and `Reject`, a
+/// request was refused whenever no worker happened to be parked in `recv`
+/// at that instant — right after the pool started, or right after a worker
+/// finished a request — though workers were free to serve it.
+#[test]
+fn direct_hand_off_rejects_only_when_every_worker_is_busy() {
+    let (entered_tx, entered_rx) = mpsc::channel();
+    let release = Arc::new(Mutex::new(()));
+    let gate = release.lock().unwrap();
+    let mut server = TcpServer::bind("127.0.0.1:0", {
+        let entered_tx = Mutex::new(entered_tx);
+        let release = Arc::clone(&release);
+        move |req: &mut TcpRequest| {
+            entered_tx.lock().unwrap().send(()).unwrap();
+            drop(release.lock().unwrap());
+            echo(req)
+        }
+    })
+    .unwrap();
+    server.set_dispatch(Pool::new(2).queue_size(0).overflow(Overflow::Reject));
+    server.set_busy_hook(|_peer: &SocketAddr, out: &mut dyn Write| {
+        let _ = out.write_all(b"BUSY\n");
+    });
+    let stats = server.stats();
+    let addr = server.local_addr().unwrap();
+    // Two clients wait in the backlog before the pool exists, so they are
+    // handed over the moment its workers start.
+    let first = connect(addr);
+    let second = connect(addr);
+    let running = spawn(server);
+    recv(&entered_rx, "the first client to reach a worker");
+    recv(&entered_rx, "the second client to reach a worker");
+    assert_eq!(stats.snapshot().rejected, 0);
+
+    // Both workers are busy now: the next client is refused.
+    let mut third = connect(addr);
+    let mut busy = String::new();
+    third.read_to_string(&mut busy).unwrap();
+    assert_eq!(busy, "BUSY\n");
+
+    drop(gate);
+    for (mut client, data) in [(first, &b"first"[..]), (second, &b"second"[..])] {
+        client.write_all(data).unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        let mut reply = Vec::new();
+        client.read_to_end(&mut reply).unwrap();
+        assert_eq!(reply, data);
+    }
+    assert_eq!(stats.snapshot().rejected, 1);
+    running.stop();
+}
+
 #[test]
 fn shutdown_from_another_thread_returns_serve_forever() {
     for (name, dispatch) in all_dispatches() {

@@ -117,9 +117,12 @@ pub enum Overflow {
     /// `connect`. Nothing is dropped. The default.
     #[default]
     Block,
-    /// Close the request at once, after the server's busy hook (if any) has
-    /// written a short message; counted in `Stats::rejected` and logged.
-    /// Latency stays bounded under overload.
+    /// When the queue is full and every worker is busy, close the request
+    /// at once, after the server's busy hook (if any) has written a short
+    /// message; counted in `Stats::rejected` and logged. Latency stays
+    /// bounded under overload. (A worker that is free but not yet waiting
+    /// for work, having just started or finished a request, still counts
+    /// as room.)
     Reject,
 }
 

@@ -4,14 +4,18 @@
 //! The hand-off from the serving loop to a worker is a single channel send:
 //! no other lock. When the channel is full the [`Overflow`] policy decides:
 //! `Block` waits for room (and stops waiting the moment shutdown begins),
-//! `Reject` refuses the request at once. Workers catch handler panics, so
-//! the pool keeps its size for its whole life.
+//! `Reject` refuses the request at once — unless a worker is idle: a worker
+//! that has just started or just finished a request is free but not yet
+//! back in `recv`, so a full queue (or a zero-capacity hand-off) has room a
+//! moment later, and the request waits for it instead. Workers catch
+//! handler panics, so the pool keeps its size for its whole life.
 //!
 //! On shutdown the sending side is dropped; workers finish what is queued and
 //! exit. Requests still queued when the drain deadline passes are closed
 //! without being served.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 
 use crossbeam_channel::{Receiver, Select, SendTimeoutError, Sender, TrySendError};
@@ -28,6 +32,9 @@ pub(crate) struct PoolDispatcher<W: Work> {
     stats: Stats,
     live: Arc<LiveCount>,
     workers: Vec<JoinHandle<()>>,
+    /// Workers not running a request: parked in `recv`, or on their way
+    /// there.
+    idle: Arc<AtomicUsize>,
 }
 
 impl<W: Work> PoolDispatcher<W> {
@@ -39,18 +46,20 @@ impl<W: Work> PoolDispatcher<W> {
     ) -> std::io::Result<Self> {
         let (queue, jobs) = crossbeam_channel::bounded(config.queue_size);
         let live = Arc::<LiveCount>::default();
+        let idle = Arc::new(AtomicUsize::new(config.workers));
         let mut workers = Vec::with_capacity(config.workers);
         for i in 0..config.workers {
             let jobs = jobs.clone();
             let work = Arc::clone(&work);
             let state = Arc::clone(&state);
             let stats = stats.clone();
+            let idle = Arc::clone(&idle);
             let guard = live.enter();
             let handle = thread::Builder::new()
                 .name(format!("socketserver-worker-{i}"))
                 .spawn(move || {
                     let _live = guard;
-                    worker_loop(&jobs, &*work, &state, &stats);
+                    worker_loop(&jobs, &*work, &state, &stats, &idle);
                 })?;
             workers.push(handle);
         }
@@ -68,6 +77,7 @@ impl<W: Work> PoolDispatcher<W> {
             stats,
             live,
             workers,
+            idle,
         })
     }
 
@@ -83,11 +93,13 @@ impl<W: Work> PoolDispatcher<W> {
             }
         };
         match self.overflow {
-            Overflow::Reject => {
+            // Every worker is busy and the queue is full: refuse.
+            Overflow::Reject if self.idle.load(Ordering::Acquire) == 0 => {
                 self.stats.dec_queued();
                 self.work.reject(job);
             }
-            Overflow::Block => self.send_blocking(job),
+            // Block, or an idle worker will make room at once.
+            Overflow::Reject | Overflow::Block => self.send_blocking(job),
         }
     }
 
@@ -125,13 +137,21 @@ impl<W: Work> PoolDispatcher<W> {
     }
 }
 
-fn worker_loop<W: Work>(jobs: &Receiver<W::Job>, work: &W, state: &ShutdownState, stats: &Stats) {
+fn worker_loop<W: Work>(
+    jobs: &Receiver<W::Job>,
+    work: &W,
+    state: &ShutdownState,
+    stats: &Stats,
+    idle: &AtomicUsize,
+) {
     for job in jobs.iter() {
+        idle.fetch_sub(1, Ordering::AcqRel);
         stats.dec_queued();
         if state.is_forced() {
             work.discard(job);
         } else {
             work.run(job);
         }
+        idle.fetch_add(1, Ordering::AcqRel);
     }
 }
