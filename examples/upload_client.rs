@@ -17,7 +17,7 @@
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
-use std::net::TcpStream;
+use std::net::{Shutdown, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -127,6 +127,10 @@ fn run(args: &Args) -> io::Result<String> {
     // The server may refuse from the header (too large, bad name) and stop
     // reading: the write then fails, but its ERR is still worth reading.
     let sent = send_file(&args.path, size, &socket);
+    if sent.is_err() {
+        // Whatever went wrong, the server should not wait for the rest.
+        let _ = socket.shutdown(Shutdown::Write);
+    }
 
     let mut reply = String::new();
     let read = BufReader::new(&socket).take(1024).read_line(&mut reply);
