@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! cargo run --release --example echo_server -- --bind 127.0.0.1:9999 --mode pool
+//! cargo run --release --example echo_server -- --mode reactor --workers 2
 //! printf 'hello\n' | nc -q1 127.0.0.1 9999                    # TCP
 //! cargo run --example echo_server -- --udp --bind 127.0.0.1:9998
 //! printf 'hello' | nc -u -w1 127.0.0.1 9998                   # UDP
@@ -19,7 +20,7 @@
 //! script can start it on port 0 and read where it listens. Logs go to
 //! stderr. After a graceful stop the process exits with status 0.
 
-use std::io::{self, IsTerminal, Write};
+use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,8 +28,9 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
 use socketserver::{
-    DatagramRequest, DatagramSocket, Dispatch, Pool, RequestHandler, Server, StreamRequest,
-    StreamSocket, TcpServer, Threading, Transport, UdpServer, UnixDatagramServer, UnixStreamServer,
+    Action, Connection, DatagramRequest, DatagramSocket, Dispatch, MessageHandler, Messages, Pool,
+    Reactor, Server, Service, StreamRequest, StreamSocket, TcpServer, Threading, Transport,
+    UdpServer, UnixDatagramServer, UnixStreamServer,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -39,6 +41,9 @@ enum Mode {
     Threading,
     /// A fixed pool of worker threads behind a bounded queue.
     Pool,
+    /// Message mode: connections wait in an epoll poller between reads and
+    /// a few workers serve whichever is ready (TCP and Unix stream only).
+    Reactor,
 }
 
 /// A raw byte echo server.
@@ -77,6 +82,28 @@ fn echo_stream<S: StreamSocket>(req: &mut StreamRequest<S>) -> io::Result<()> {
     Ok(())
 }
 
+/// The reactor-mode handler: echo whatever has arrived, then park.
+struct ReactorEcho;
+
+impl<S: StreamSocket> MessageHandler<S> for ReactorEcho {
+    type State = ();
+
+    fn connect(&self, _conn: &mut Connection<S>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn ready(&self, conn: &mut Connection<S>, _state: &mut ()) -> io::Result<Action> {
+        let data = conn.rfile.fill_buf()?;
+        if data.is_empty() {
+            return Ok(Action::Close); // the client's EOF
+        }
+        let n = data.len();
+        conn.wfile.write_all(data)?;
+        conn.rfile.consume(n);
+        Ok(Action::Keep)
+    }
+}
+
 /// The whole datagram handler: the packet goes back as the reply.
 fn echo_datagram<D: DatagramSocket>(req: &mut DatagramRequest<D>) -> io::Result<()> {
     let DatagramRequest { rfile, wfile, .. } = req;
@@ -98,13 +125,14 @@ fn dispatch(args: &Args) -> Dispatch {
             }
             pool.into()
         }
+        Mode::Reactor => args.workers.map(Reactor::new).unwrap_or_default().into(),
     }
 }
 
 fn serve<T, H>(mut server: Server<T, H>, url: String, args: &Args) -> io::Result<()>
 where
     T: Transport,
-    H: RequestHandler<T::Request>,
+    H: Service<T>,
 {
     server.set_dispatch(dispatch(args));
     server.set_drain_timeout(Duration::from_secs_f64(args.drain_secs.max(0.0)));
@@ -120,7 +148,23 @@ where
 }
 
 fn run(args: &Args) -> io::Result<()> {
+    let reactor = args.mode == Mode::Reactor;
+    if reactor && args.udp {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--mode reactor serves stream sockets; it cannot be combined with --udp",
+        ));
+    }
     match (&args.unix, args.udp) {
+        (Some(path), false) if reactor => {
+            let server = UnixStreamServer::bind(path, Messages(ReactorEcho))?;
+            serve(server, format!("unix://{}", path.display()), args)
+        }
+        (None, false) if reactor => {
+            let server = TcpServer::bind(args.bind.as_str(), Messages(ReactorEcho))?;
+            let url = format!("tcp://{}", server.local_addr()?);
+            serve(server, url, args)
+        }
         (Some(path), false) => {
             let server = UnixStreamServer::bind(path, echo_stream)?;
             serve(server, format!("unix://{}", path.display()), args)

@@ -250,6 +250,7 @@ compile_error!(
     "socketserver supports Unix platforms only for now: see src/sys/mod.rs for what a port must provide"
 );
 
+mod connection;
 mod dispatch;
 mod error;
 mod handler;
@@ -261,9 +262,12 @@ pub mod signal;
 mod stats;
 mod sys;
 
+pub use connection::{ConnReader, ConnWriter, Connection};
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub use dispatch::Reactor;
 pub use dispatch::{Dispatch, Overflow, Pool, Threading};
 pub use error::RequestError;
-pub use handler::RequestHandler;
+pub use handler::{Action, CloseReason, MessageHandler, Messages, RequestHandler};
 pub use net::{BindOptions, DEFAULT_REQUEST_QUEUE_SIZE, DatagramSocket, StreamSocket, Transport};
 #[cfg(unix)]
 pub use net::{UnixDatagramSocket, UnixListener};
@@ -273,7 +277,8 @@ pub use request::{
 #[cfg(unix)]
 pub use request::{UnixDatagramRequest, UnixStreamRequest};
 pub use server::{
-    DEFAULT_MAX_PACKET_SIZE, DEFAULT_RBUFSIZE, DEFAULT_WBUFSIZE, Server, TcpServer, UdpServer,
+    DEFAULT_MAX_PACKET_SIZE, DEFAULT_RBUFSIZE, DEFAULT_WBUFSIZE, Server, Service, TcpServer,
+    UdpServer,
 };
 #[cfg(unix)]
 pub use server::{UnixDatagramServer, UnixStreamServer};

@@ -128,14 +128,22 @@ impl<A> Default for Hooks<A> {
 }
 
 /// Everything a worker needs: shared by the serving thread and workers.
-pub(crate) struct Shared<T: sealed::Transport, H> {
+pub struct Shared<T: sealed::Transport, H> {
     pub(crate) ctx: Context,
-    handler: H,
+    pub(crate) handler: H,
     hooks: Hooks<T::Addr>,
 }
 
+impl<T: sealed::Transport, H> fmt::Debug for Shared<T, H> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Shared")
+            .field("ctx", &self.ctx)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<T: sealed::Transport, H> Shared<T, H> {
-    fn report_error(&self, peer: &T::Addr, error: &RequestError) {
+    pub(crate) fn report_error(&self, peer: &T::Addr, error: &RequestError) {
         match &self.hooks.handle_error {
             Some(hook) => {
                 // A panicking error hook must not take a worker down with it.
@@ -148,35 +156,121 @@ impl<T: sealed::Transport, H> Shared<T, H> {
     }
 }
 
-impl<T, H> Shared<T, H>
+/// What a [`Server<T, H>`] can run as its handler `H`: any
+/// [`RequestHandler`] of `T`'s request type (called once per request), or
+/// [`Messages`]`(M)` for a [`MessageHandler`](crate::MessageHandler) `M`
+/// (stream transports; served by [`Dispatch::Reactor`]). Implemented for
+/// both; sealed.
+///
+/// [`Messages`]: crate::Messages
+pub trait Service<T: Transport>: service::Service<T> {}
+
+impl<T: Transport, H: service::Service<T>> Service<T> for H {}
+
+pub(crate) mod service {
+    use super::*;
+
+    /// The internal side of [`Service`](super::Service).
+    #[allow(
+        unreachable_pub,
+        reason = "sealed-trait pattern: public so it may bound a public trait, unnameable outside the crate"
+    )]
+    pub trait Service<T: sealed::Transport>: Send + Sync + Sized + 'static {
+        /// Runs one job to completion.
+        fn process(shared: &Shared<T, Self>, job: T::Job) -> io::Result<()>;
+
+        /// The dispatch a server of this handler starts with.
+        fn default_dispatch() -> Dispatch {
+            Dispatch::Sync
+        }
+
+        /// Whether only a reactor can serve this handler.
+        fn needs_reactor() -> bool {
+            false
+        }
+
+        /// Starts a reactor for this handler.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        fn start_reactor(
+            shared: &Arc<Shared<T, Self>>,
+            config: &crate::dispatch::Reactor,
+        ) -> io::Result<Box<dyn crate::dispatch::reactor::ReactorDispatch<T::Job>>> {
+            let _ = (shared, config);
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "Dispatch::Reactor serves message handlers: wrap a MessageHandler in Messages(..)",
+            ))
+        }
+    }
+}
+
+/// setup → handle → finish → close, in Python's order: `finish` runs even
+/// when `handle` failed; neither runs when `setup` failed.
+fn process_request<T, H>(shared: &Shared<T, H>, job: T::Job) -> io::Result<()>
 where
     T: sealed::Transport,
     H: RequestHandler<T::Request>,
 {
-    /// setup → handle → finish → close, in Python's order: `finish` runs
-    /// even when `handle` failed; neither runs when `setup` failed.
-    fn process(&self, job: T::Job) -> io::Result<()> {
-        let mut request = T::open(job, &self.ctx)?;
-        self.handler.setup(&mut request)?;
-        let handled = self.handler.handle(&mut request);
-        let finished = self.handler.finish(&mut request);
-        let closed = T::close(request);
-        handled.and(finished).and(closed)
-    }
+    let handler = &shared.handler;
+    let mut request = T::open(job, &shared.ctx)?;
+    handler.setup(&mut request)?;
+    let handled = handler.handle(&mut request);
+    let finished = handler.finish(&mut request);
+    let closed = T::close(request);
+    handled.and(finished).and(closed)
 }
+
+/// Every request handler is a service of its transport. (One impl per
+/// transport rather than one blanket impl, so that `Messages<M>` can be a
+/// service of the stream transports too without the impls overlapping.)
+macro_rules! request_handler_service {
+    ($($(#[$cfg:meta])* $transport:ty),* $(,)?) => {
+        $(
+            $(#[$cfg])*
+            impl<H> service::Service<$transport> for H
+            where
+                H: RequestHandler<<$transport as sealed::Transport>::Request>,
+            {
+                fn process(
+                    shared: &Shared<$transport, H>,
+                    job: <$transport as sealed::Transport>::Job,
+                ) -> io::Result<()> {
+                    process_request(shared, job)
+                }
+            }
+        )*
+    };
+}
+
+request_handler_service!(
+    std::net::TcpListener,
+    std::net::UdpSocket,
+    #[cfg(unix)]
+    crate::net::UnixListener,
+    #[cfg(unix)]
+    crate::net::UnixDatagramSocket,
+);
 
 impl<T, H> Work for Shared<T, H>
 where
     T: sealed::Transport,
-    H: RequestHandler<T::Request>,
+    H: service::Service<T>,
 {
     type Job = T::Job;
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn start_reactor(
+        self: &Arc<Self>,
+        config: &crate::dispatch::Reactor,
+    ) -> io::Result<Box<dyn crate::dispatch::reactor::ReactorDispatch<T::Job>>> {
+        H::start_reactor(self, config)
+    }
 
     fn run(&self, job: T::Job) {
         let stats = &self.ctx.stats;
         let peer = T::job_peer(&job).clone();
         stats.inc_active();
-        let outcome = catch_unwind(AssertUnwindSafe(|| self.process(job)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| H::process(self, job)));
         stats.dec_active();
         let error = match outcome {
             Ok(Ok(())) => None,
@@ -262,7 +356,7 @@ where
 /// serving.join().unwrap()?;
 /// # std::io::Result::Ok(())
 /// ```
-pub struct Server<T: Transport, H: RequestHandler<T::Request>> {
+pub struct Server<T: Transport, H: Service<T>> {
     transport: Option<Arc<T>>,
     shared: Arc<Shared<T, H>>,
     dispatcher: Option<Dispatcher<Shared<T, H>>>,
@@ -283,7 +377,7 @@ pub type UnixStreamServer<H> = Server<crate::net::UnixListener, H>;
 #[cfg(unix)]
 pub type UnixDatagramServer<H> = Server<crate::net::UnixDatagramSocket, H>;
 
-impl<T: Transport, H: RequestHandler<T::Request>> fmt::Debug for Server<T, H> {
+impl<T: Transport, H: Service<T>> fmt::Debug for Server<T, H> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Server")
             .field(
@@ -299,7 +393,7 @@ impl<T: Transport, H: RequestHandler<T::Request>> fmt::Debug for Server<T, H> {
 impl<T, H> Server<T, H>
 where
     T: Transport,
-    H: RequestHandler<T::Request>,
+    H: Service<T>,
 {
     pub(crate) fn new(transport: T, handler: H) -> io::Result<Self> {
         let state = ShutdownState::new()?;
@@ -307,7 +401,10 @@ where
             transport: Some(Arc::new(transport)),
             shared: Arc::new(Shared {
                 ctx: Context {
-                    config: Config::default(),
+                    config: Config {
+                        dispatch: H::default_dispatch(),
+                        ..Config::default()
+                    },
                     state,
                     stats: Stats::new(),
                 },
@@ -488,6 +585,16 @@ where
 
     /// Prepares the socket and starts the dispatcher's threads, once.
     fn start(&mut self) -> io::Result<()> {
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let reactor = matches!(self.shared.ctx.config.dispatch, Dispatch::Reactor(_));
+        #[cfg(not(any(target_os = "linux", target_os = "android")))]
+        let reactor = false;
+        if H::needs_reactor() && !reactor {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a message handler (Messages(..)) is served by Dispatch::Reactor only",
+            ));
+        }
         if let (false, Some(transport)) = (self.prepared, &self.transport) {
             transport.prepare(&self.shared.ctx)?;
             self.prepared = true;
@@ -603,7 +710,7 @@ where
         }
         match &mut self.dispatcher {
             Some(dispatcher) => dispatcher.dispatch(&self.shared, job),
-            None => self.shared.run(job),
+            None => Work::run(&*self.shared, job),
         }
     }
 
@@ -707,7 +814,7 @@ where
     }
 }
 
-impl<T: Transport, H: RequestHandler<T::Request>> Drop for Server<T, H> {
+impl<T: Transport, H: Service<T>> Drop for Server<T, H> {
     fn drop(&mut self) {
         self.stop();
     }

@@ -23,6 +23,7 @@ struct Counters {
     oversize: AtomicU64,
     forced: AtomicU64,
     drained: AtomicU64,
+    timeouts: AtomicU64,
 }
 
 /// A handle on a server's counters. Clone it freely; all clones read the same
@@ -71,6 +72,8 @@ pub struct StatsSnapshot {
     pub forced: u64,
     /// Requests that finished during a graceful drain.
     pub drained: u64,
+    /// Message-mode connections closed by the idle or read timeout.
+    pub timeouts: u64,
 }
 
 macro_rules! counter_ops {
@@ -101,6 +104,7 @@ impl Stats {
         oversize => inc_oversize,
         forced => inc_forced,
         drained => inc_drained,
+        timeouts => inc_timeouts,
     }
 
     #[inline]
@@ -129,6 +133,7 @@ impl Stats {
             oversize: load(&c.oversize),
             forced: load(&c.forced),
             drained: load(&c.drained),
+            timeouts: load(&c.timeouts),
         }
     }
 }
@@ -137,7 +142,7 @@ impl fmt::Display for StatsSnapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "accepted={} denied={} rejected={} queued={} active={} completed={} errors={} panics={} oversize={} forced={} drained={}",
+            "accepted={} denied={} rejected={} queued={} active={} completed={} errors={} panics={} oversize={} forced={} drained={} timeouts={}",
             self.accepted,
             self.denied,
             self.rejected,
@@ -148,7 +153,8 @@ impl fmt::Display for StatsSnapshot {
             self.panics,
             self.oversize,
             self.forced,
-            self.drained
+            self.drained,
+            self.timeouts
         )
     }
 }

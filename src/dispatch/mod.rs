@@ -12,6 +12,10 @@
 //!    and an explicit [`Overflow`] policy when the queue is full: block the
 //!    serving loop (backpressure) or reject at once (counted, logged, with
 //!    an optional "busy" message). Never more than N handlers at once.
+//! 4. [`Dispatch::Reactor`] — keep-alive parking for message-mode handlers
+//!    ([`MessageHandler`](crate::MessageHandler)): N workers wait in one
+//!    epoll poller; a connection reaches a worker only when it has data, so
+//!    thousands of idle connections hold no thread (Linux).
 //!
 //! A dispatcher only moves requests to threads; it never reads a socket (that
 //! is the transport's job) and never decides what a request means (the
@@ -27,6 +31,8 @@ use crate::shutdown::ShutdownState;
 use crate::stats::Stats;
 
 mod pool;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) mod reactor;
 mod sync;
 mod threading;
 
@@ -58,6 +64,9 @@ pub enum Dispatch {
     Threading(Threading),
     /// A fixed pool of worker threads behind a bounded queue.
     Pool(Pool),
+    /// Message-mode connections parked in a poller between messages.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    Reactor(Reactor),
 }
 
 impl Dispatch {
@@ -74,6 +83,12 @@ impl Dispatch {
     /// [`Dispatch::Pool`] with `workers` threads and the default queue.
     pub fn pool(workers: usize) -> Self {
         Dispatch::Pool(Pool::new(workers))
+    }
+
+    /// [`Dispatch::Reactor`] with `workers` threads and the default timeouts.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    pub fn reactor(workers: usize) -> Self {
+        Dispatch::Reactor(Reactor::new(workers))
     }
 }
 
@@ -189,6 +204,123 @@ impl From<Pool> for Dispatch {
     }
 }
 
+/// Settings of [`Dispatch::Reactor`], for servers of a
+/// [`MessageHandler`](crate::MessageHandler) (`Messages(handler)`).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use socketserver::{Overflow, Reactor};
+///
+/// let reactor = Reactor::new(4)
+///     .idle_timeout(Some(Duration::from_secs(60)))
+///     .read_timeout(Duration::from_secs(5))
+///     .max_connections(Some(10_000))
+///     .overflow(Overflow::Reject);
+/// # let _ = reactor;
+/// ```
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reactor {
+    pub(crate) workers: usize,
+    pub(crate) read_timeout: Duration,
+    pub(crate) idle_timeout: Option<Duration>,
+    pub(crate) max_connections: Option<usize>,
+    pub(crate) overflow: Overflow,
+    pub(crate) max_outbound: usize,
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl Default for Reactor {
+    /// Four workers (a reactor's workers only run while a connection has
+    /// data, so few are needed), and the documented defaults.
+    fn default() -> Self {
+        Reactor::new(4)
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl Reactor {
+    /// `workers` threads serving ready connections; a 10 s per-message read
+    /// timeout, a 5 min idle timeout, no connection limit, a 1 MiB
+    /// per-connection outbound limit.
+    ///
+    /// # Panics
+    ///
+    /// If `workers` is zero.
+    pub fn new(workers: usize) -> Self {
+        assert!(workers > 0, "a reactor needs at least one worker");
+        Reactor {
+            workers,
+            read_timeout: Duration::from_secs(10),
+            idle_timeout: Some(Duration::from_secs(300)),
+            max_connections: None,
+            overflow: Overflow::Block,
+            max_outbound: 1 << 20,
+        }
+    }
+
+    /// The longest a message may take to arrive once its first bytes have:
+    /// a handler reading an incomplete message waits at most this long, then
+    /// the connection is closed ([`CloseReason::ReadTimeout`]). A client
+    /// trickling a message byte by byte cannot hold a worker longer. By
+    /// default 10 seconds.
+    ///
+    /// [`CloseReason::ReadTimeout`]: crate::CloseReason::ReadTimeout
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// Closes a connection that sends nothing for this long, telling its
+    /// handler ([`CloseReason::IdleTimeout`]). `None` keeps idle
+    /// connections forever. By default 5 minutes.
+    ///
+    /// [`CloseReason::IdleTimeout`]: crate::CloseReason::IdleTimeout
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
+        self
+    }
+
+    /// The most connections open at once; beyond it the [`overflow`]
+    /// policy applies (block accepting, or reject with the busy hook's
+    /// message). By default no limit: the process's file-descriptor limit
+    /// applies.
+    ///
+    /// [`overflow`]: Self::overflow
+    pub fn max_connections(mut self, max: Option<usize>) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// What to do with a new connection at `max_connections`. By default
+    /// [`Overflow::Block`].
+    pub fn overflow(mut self, overflow: Overflow) -> Self {
+        self.overflow = overflow;
+        self
+    }
+
+    /// How many bytes may wait to be sent to one connection before it is
+    /// closed as a slow consumer. By default 1 MiB.
+    pub fn max_outbound(mut self, bytes: usize) -> Self {
+        self.max_outbound = bytes;
+        self
+    }
+
+    /// The number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl From<Reactor> for Dispatch {
+    fn from(r: Reactor) -> Self {
+        Dispatch::Reactor(r)
+    }
+}
+
 /// What a dispatcher runs: the server's request lifecycle for one job.
 pub(crate) trait Work: Send + Sync + 'static {
     type Job: Send + 'static;
@@ -199,6 +331,12 @@ pub(crate) trait Work: Send + Sync + 'static {
     fn reject(&self, job: Self::Job);
     /// Drops a request that never started because the drain deadline passed.
     fn discard(&self, job: Self::Job);
+    /// Starts a reactor for this server's message handler.
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn start_reactor(
+        self: &Arc<Self>,
+        config: &Reactor,
+    ) -> io::Result<Box<dyn reactor::ReactorDispatch<Self::Job>>>;
 }
 
 /// A running dispatcher.
@@ -206,6 +344,8 @@ pub(crate) enum Dispatcher<W: Work> {
     Sync,
     Threading(threading::ThreadingDispatcher<W>),
     Pool(pool::PoolDispatcher<W>),
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    Reactor(Box<dyn reactor::ReactorDispatch<W::Job>>),
 }
 
 impl<W: Work> Dispatcher<W> {
@@ -228,6 +368,8 @@ impl<W: Work> Dispatcher<W> {
                 Arc::clone(state),
                 stats.clone(),
             )?),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            Dispatch::Reactor(cfg) => Dispatcher::Reactor(work.start_reactor(cfg)?),
         })
     }
 
@@ -237,6 +379,8 @@ impl<W: Work> Dispatcher<W> {
             Dispatcher::Sync => sync::run(work, job),
             Dispatcher::Threading(d) => d.dispatch(job),
             Dispatcher::Pool(d) => d.dispatch(job),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            Dispatcher::Reactor(d) => d.dispatch(job),
         }
     }
 
@@ -248,6 +392,8 @@ impl<W: Work> Dispatcher<W> {
             Dispatcher::Sync => 0,
             Dispatcher::Threading(d) => d.drain(),
             Dispatcher::Pool(d) => d.drain(),
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            Dispatcher::Reactor(d) => d.drain(),
         }
     }
 }

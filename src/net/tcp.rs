@@ -12,9 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{BindOptions, Next, StreamJob, StreamSocket, each_addr, private, sealed};
-use crate::handler::RequestHandler;
 use crate::request::StreamRequest;
-use crate::server::{Context, Server};
+use crate::server::{Context, Server, Service};
 
 impl private::Sealed for TcpStream {}
 
@@ -111,7 +110,7 @@ impl sealed::Transport for TcpListener {
 /// Constructors for [`TcpServer`](crate::TcpServer).
 impl<H> Server<TcpListener, H>
 where
-    H: RequestHandler<StreamRequest<TcpStream>>,
+    H: Service<TcpListener>,
 {
     /// Binds a TCP server to `addr` with the default [`BindOptions`] and
     /// starts listening (Python's `TCPServer(addr, Handler)`). Port 0 picks

@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use super::{BindOptions, BusyHook, DatagramSocket, Next, each_addr, private, sealed};
 use crate::error::RequestError;
-use crate::handler::RequestHandler;
 use crate::request::DatagramRequest;
-use crate::server::{Context, Server};
+use crate::server::{Context, Server, Service};
 use crate::sys;
 
 /// By default a reply that cannot be queued (full socket buffer) is retried
@@ -223,7 +222,7 @@ impl sealed::Transport for UdpSocket {
 /// Constructors for [`UdpServer`](crate::UdpServer).
 impl<H> Server<UdpSocket, H>
 where
-    H: RequestHandler<DatagramRequest<UdpSocket>>,
+    H: Service<UdpSocket>,
 {
     /// Binds a UDP server to `addr` (Python's `UDPServer(addr, Handler)`).
     /// Each datagram received is one request.

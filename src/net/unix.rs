@@ -43,9 +43,8 @@ use super::udp::{DatagramJob, next_datagram, open_datagram, refuse_datagram};
 use super::{
     BindOptions, BusyHook, DatagramSocket, Next, StreamJob, StreamSocket, private, sealed,
 };
-use crate::handler::RequestHandler;
 use crate::request::{DatagramRequest, StreamRequest};
-use crate::server::{Context, Server};
+use crate::server::{Context, Server, Service};
 
 impl private::Sealed for UnixStream {}
 
@@ -437,7 +436,7 @@ impl sealed::Transport for UnixDatagramSocket {
 /// Constructors for [`UnixStreamServer`](crate::UnixStreamServer).
 impl<H> Server<UnixListener, H>
 where
-    H: RequestHandler<StreamRequest<UnixStream>>,
+    H: Service<UnixListener>,
 {
     /// Binds a Unix stream server to the filesystem `path` (Python's
     /// `UnixStreamServer(path, Handler)`). A stale socket file is replaced;
@@ -493,7 +492,7 @@ where
 /// Constructors for [`UnixDatagramServer`](crate::UnixDatagramServer).
 impl<H> Server<UnixDatagramSocket, H>
 where
-    H: RequestHandler<DatagramRequest<UnixDatagramSocket>>,
+    H: Service<UnixDatagramSocket>,
 {
     /// Binds a Unix datagram server to the filesystem `path` (Python's
     /// `UnixDatagramServer(path, Handler)`). Socket-file handling is as for

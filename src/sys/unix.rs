@@ -240,6 +240,131 @@ pub(crate) fn recv_from_trunc<S: AsFd>(
     socket.recv_from_with_flags(uninit, flags)
 }
 
+/// Readiness notification for many sockets, shared by several threads: the
+/// keep-alive reactor's poller (epoll).
+///
+/// Every connection is registered *one-shot*: an event disarms it, so
+/// exactly one thread learns that a connection is ready, and that thread
+/// re-arms it when done (`modify`). Many threads may block in
+/// [`Poller::wait`] at once; Linux wakes one of them per ready event
+/// (epoll waiters queue exclusively), which is the leader/follower pattern
+/// without a leader lock.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[derive(Debug)]
+pub(crate) struct Poller {
+    epoll: nix::sys::epoll::Epoll,
+}
+
+/// What a registration waits for.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Want {
+    pub(crate) read: bool,
+    pub(crate) write: bool,
+}
+
+/// One readiness event.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PollEvent {
+    pub(crate) token: u64,
+    pub(crate) readable: bool,
+    pub(crate) writable: bool,
+}
+
+/// A buffer of events for [`Poller::wait`].
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) struct PollEvents(Vec<nix::sys::epoll::EpollEvent>, usize);
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl PollEvents {
+    pub(crate) fn with_capacity(n: usize) -> Self {
+        PollEvents(vec![nix::sys::epoll::EpollEvent::empty(); n.max(1)], 0)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = PollEvent> + '_ {
+        use nix::sys::epoll::EpollFlags as F;
+        self.0[..self.1].iter().map(|e| {
+            let flags = e.events();
+            // Errors and hang-ups count as both: the next read or write
+            // reports them.
+            let broken = flags.intersects(F::EPOLLERR | F::EPOLLHUP);
+            PollEvent {
+                token: e.data(),
+                readable: broken || flags.intersects(F::EPOLLIN | F::EPOLLRDHUP),
+                writable: broken || flags.contains(F::EPOLLOUT),
+            }
+        })
+    }
+}
+
+#[cfg(any(target_os = "linux", target_os = "android"))]
+impl Poller {
+    pub(crate) fn new() -> io::Result<Self> {
+        use nix::sys::epoll::{Epoll, EpollCreateFlags};
+        Ok(Poller {
+            epoll: Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?,
+        })
+    }
+
+    fn flags(want: Want, oneshot: bool) -> nix::sys::epoll::EpollFlags {
+        use nix::sys::epoll::EpollFlags as F;
+        let mut flags = F::empty();
+        if want.read {
+            flags |= F::EPOLLIN | F::EPOLLRDHUP;
+        }
+        if want.write {
+            flags |= F::EPOLLOUT;
+        }
+        if oneshot {
+            flags |= F::EPOLLONESHOT;
+        }
+        flags
+    }
+
+    /// Registers `fd`: one-shot, or level-triggered for a descriptor every
+    /// waiter should see (the reactor's exit signal).
+    pub(crate) fn add(
+        &self,
+        fd: BorrowedFd<'_>,
+        token: u64,
+        want: Want,
+        oneshot: bool,
+    ) -> io::Result<()> {
+        let event = nix::sys::epoll::EpollEvent::new(Self::flags(want, oneshot), token);
+        Ok(self.epoll.add(fd, event)?)
+    }
+
+    /// Re-arms a one-shot registration with a new token and interest.
+    pub(crate) fn rearm(&self, fd: BorrowedFd<'_>, token: u64, want: Want) -> io::Result<()> {
+        let mut event = nix::sys::epoll::EpollEvent::new(Self::flags(want, true), token);
+        Ok(self.epoll.modify(fd, &mut event)?)
+    }
+
+    pub(crate) fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        Ok(self.epoll.delete(fd)?)
+    }
+
+    /// Waits for events; `EINTR` returns zero events.
+    pub(crate) fn wait(
+        &self,
+        events: &mut PollEvents,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        match self.epoll.wait(&mut events.0, poll_timeout(timeout)) {
+            Ok(n) => {
+                events.1 = n;
+                Ok(n)
+            }
+            Err(Errno::EINTR) => {
+                events.1 = 0;
+                Ok(0)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -19,8 +19,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use socketserver::{
-    Dispatch, Overflow, Pool, RequestHandler, Server, ShutdownHandle, ShutdownReport, Threading,
-    Transport,
+    Dispatch, Overflow, Pool, Server, Service, ShutdownHandle, ShutdownReport, Threading, Transport,
 };
 
 /// The longest any single step of a test may take before it counts as hung.
@@ -70,7 +69,7 @@ impl<A> Running<A> {
 pub fn spawn<T, H>(mut server: Server<T, H>) -> Running<T::Addr>
 where
     T: Transport,
-    H: RequestHandler<T::Request>,
+    H: Service<T>,
     Server<T, H>: Send + 'static,
 {
     let addr = server.local_addr().expect("local_addr");
