@@ -44,7 +44,7 @@ use crate::dispatch::{Dispatch, Dispatcher, Work};
 use crate::error::RequestError;
 use crate::handler::RequestHandler;
 use crate::net::{BusyHook, Next, Transport, sealed};
-use crate::shutdown::{ShutdownHandle, ShutdownReport, ShutdownState};
+use crate::shutdown::{ShutdownHandle, ShutdownReport, ShutdownState, StopAccepting};
 use crate::stats::Stats;
 use crate::sys::{self, AcceptErrorKind, Ready};
 
@@ -364,6 +364,11 @@ pub struct Server<T: Transport, H: Service<T>> {
     scratch: Vec<u8>,
     backoff: Duration,
     report: Option<ShutdownReport>,
+    /// The process that bound the listening socket itself, if this server
+    /// did: only then may shutdown stop the socket early (an inherited
+    /// listener may be shared with a supervisor, a forked child's with its
+    /// parent, and `shutdown(2)` acts on the shared socket).
+    listener_owner: Option<u32>,
 }
 
 /// A TCP server (Python's `TCPServer`), IPv4 or IPv6.
@@ -416,7 +421,15 @@ where
             scratch: Vec::new(),
             backoff: Duration::ZERO,
             report: None,
+            listener_owner: None,
         })
+    }
+
+    /// A server on a socket it bound itself (not inherited).
+    pub(crate) fn new_bound(transport: T, handler: H) -> io::Result<Self> {
+        let mut server = Self::new(transport, handler)?;
+        server.listener_owner = Some(std::process::id());
+        Ok(server)
     }
 
     fn shared_mut(&mut self) -> &mut Shared<T, H> {
@@ -517,9 +530,22 @@ where
     }
 
     /// How long a graceful shutdown waits for in-flight requests before
-    /// cutting their connections off. By default 5 seconds.
+    /// cutting their connections off. By default 5 seconds. See "Shutting
+    /// down" in the [crate docs](crate).
     pub fn set_drain_timeout(&mut self, timeout: Duration) {
         self.shared.ctx.state.set_drain_timeout(timeout);
+    }
+
+    /// How long handlers get, once the drain deadline has cut their
+    /// connections off, to return before their threads are left behind
+    /// (counted in [`ShutdownReport::abandoned`]). For the first half only
+    /// the read side is shut, so a handler woken from `read` can still say
+    /// goodbye; then both sides are. By default half a second: a stopping
+    /// server returns at most the drain timeout plus this after shutdown
+    /// begins (except with `Sync` dispatch, where the serving thread *is*
+    /// the handler and must return).
+    pub fn set_drain_grace(&mut self, grace: Duration) {
+        self.shared.ctx.state.set_grace(grace);
     }
 
     /// Also run `service_actions` at least this often while idle. By default
@@ -583,7 +609,8 @@ where
         self.shared_mut().hooks.busy = Some(Box::new(hook));
     }
 
-    /// Prepares the socket and starts the dispatcher's threads, once.
+    /// Prepares the socket and starts the dispatcher's threads, once; after
+    /// shutdown has begun, starts nothing.
     fn start(&mut self) -> io::Result<()> {
         #[cfg(any(target_os = "linux", target_os = "android"))]
         let reactor = matches!(self.shared.ctx.config.dispatch, Dispatch::Reactor(_));
@@ -595,8 +622,15 @@ where
                 "a message handler (Messages(..)) is served by Dispatch::Reactor only",
             ));
         }
+        if self.shared.ctx.state.is_shutting_down() {
+            return Ok(());
+        }
         if let (false, Some(transport)) = (self.prepared, &self.transport) {
             transport.prepare(&self.shared.ctx)?;
+            if self.listener_owner == Some(std::process::id()) {
+                let weak: std::sync::Weak<dyn StopAccepting> = Arc::downgrade(transport) as _;
+                self.shared.ctx.state.set_listener(weak);
+            }
             self.prepared = true;
         }
         if self.dispatcher.is_none() {
@@ -639,7 +673,7 @@ where
 
     fn serve_loop(&mut self) -> io::Result<()> {
         let state = Arc::clone(&self.shared.ctx.state);
-        let Some(transport) = self.transport.clone() else {
+        let (Some(transport), Some(waker)) = (self.transport.clone(), state.waker()) else {
             return Ok(());
         };
         let interval = self.shared.ctx.config.service_interval;
@@ -651,7 +685,7 @@ where
             if state.is_shutting_down() {
                 return Ok(());
             }
-            match sys::wait_readable(transport.wait_fd(), state.waker(), interval)? {
+            match sys::wait_readable(transport.wait_fd(), &waker, interval)? {
                 Ready::Woken => return Ok(()),
                 Ready::Io | Ready::TimedOut => {}
             }
@@ -687,6 +721,9 @@ where
                 self.shared.report_error(&peer, &error);
                 Ok(true)
             }
+            // Shutdown may have stopped the listener under us (Linux:
+            // accept fails with EINVAL): that is the end, not a failure.
+            Err(_) if self.shared.ctx.state.is_shutting_down() => Ok(false),
             Err(e) => self.absorb_accept_error(e).map(|()| false),
         }
     }
@@ -725,7 +762,9 @@ where
                 self.backoff = (self.backoff * 2).clamp(BACKOFF_MIN, BACKOFF_MAX);
                 log::error!("accept failed: {error}; retrying in {:?}", self.backoff);
                 // Sleep on the waker, so shutdown still ends the wait.
-                sys::sleep_unless_woken(self.shared.ctx.state.waker(), self.backoff)?;
+                if let Some(waker) = self.shared.ctx.state.waker() {
+                    sys::sleep_unless_woken(&waker, self.backoff)?;
+                }
                 Ok(())
             }
             AcceptErrorKind::Fatal => {
@@ -755,7 +794,7 @@ where
     pub fn handle_request(&mut self) -> io::Result<bool> {
         self.start()?;
         let state = Arc::clone(&self.shared.ctx.state);
-        let Some(transport) = self.transport.clone() else {
+        let (Some(transport), Some(waker)) = (self.transport.clone(), state.waker()) else {
             return Ok(false);
         };
         let deadline = self.shared.ctx.config.timeout.map(|t| Instant::now() + t);
@@ -764,7 +803,7 @@ where
                 return Ok(false);
             }
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            match sys::wait_readable(transport.wait_fd(), state.waker(), remaining)? {
+            match sys::wait_readable(transport.wait_fd(), &waker, remaining)? {
                 Ready::Woken => return Ok(false),
                 Ready::TimedOut => {
                     if let Some(hook) = &self.shared.hooks.handle_timeout {

@@ -4,30 +4,39 @@
 //! A server is in one of three phases:
 //!
 //! ```text
-//!   Running ──shutdown()──▶ Draining ──deadline or force()──▶ Forced
+//!   Running ──shutdown()──▶ Draining ──deadline or force()──▶ Forced ──▶ finished
 //! ```
 //!
 //! - **Running**: accepting and serving.
 //! - **Draining**: [`ShutdownHandle::shutdown`] was called (or a signal
-//!   arrived). The serving loop has been woken — through a [`Waker`], not a
-//!   timer — and stops accepting at once; the listening socket is closed so
-//!   new connections are refused rather than left in the backlog. Requests
+//!   arrived). The listening socket stops accepting at once, from the thread
+//!   that asked (on Linux; elsewhere when the serving thread closes it), and
+//!   the serving loop is woken — through a [`Waker`], not a timer. Requests
 //!   already accepted or queued run to completion.
 //! - **Forced**: the drain deadline passed (by default 5 s after shutdown
 //!   began) or [`ShutdownHandle::force`] was called. Every connection still
-//!   open is shut down in both directions, so a handler blocked in `read` or
-//!   `write` returns at once; queued requests that never started are closed
-//!   unserved.
+//!   open is shut down for reading, so a handler blocked in `read` sees
+//!   end-of-file and may still write a goodbye (a connection whose send
+//!   buffer is full is shut down both ways at once: its handler is blocked
+//!   writing to a peer that does not read). Half the drain grace later
+//!   everything still open is shut down in both directions. Queued requests
+//!   that never started are closed unserved.
+//! - **Finished**: every thread the server started has been joined (or,
+//!   past the drain grace, abandoned); the deadline thread is joined and the
+//!   waker's descriptors are closed. `serve_forever` returns a
+//!   [`ShutdownReport`].
 //!
-//! `serve_forever` returns when every worker thread and child process the
-//! server started has finished, with a [`ShutdownReport`].
+//! The deadline is kept by one thread, `socketserver-drain`, started when
+//! shutdown begins: with `Sync` dispatch the serving thread is inside the
+//! handler, so nobody else could cut it off.
 //!
 //! This module is not the signal wiring (that is `signal.rs`); it only offers
-//! the one call, [`ShutdownHandle::shutdown`], that signals end up making.
+//! the calls, [`ShutdownHandle::shutdown`] and [`ShutdownHandle::force`],
+//! that signals end up making.
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Weak};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -43,11 +52,30 @@ const FORCED: u8 = 2;
 /// By default a drain may last 5 seconds.
 pub(crate) const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// By default handlers get half a second after the drain deadline to
+/// return before their threads are left behind.
+pub(crate) const DEFAULT_DRAIN_GRACE: Duration = Duration::from_millis(500);
+
 /// Something the drain deadline can cut off: a live connection.
 pub(crate) trait ForceClose: Send + Sync {
-    /// Shuts the connection down in both directions, waking any thread
-    /// blocked on it. Must not block.
-    fn force_close(&self);
+    /// The cut at the deadline: shuts the read side down, so a thread
+    /// blocked reading sees end-of-file and can still write a last message
+    /// ("server going away") — or both sides if the send buffer is full, so
+    /// a thread blocked writing to a peer that does not read returns too.
+    /// Must not block.
+    fn cut(&self);
+    /// Shuts both directions down, so a thread blocked writing returns too.
+    /// Must not block.
+    fn close_both(&self);
+}
+
+/// The server's listening socket, as the shutdown sees it: told to refuse
+/// new connections the moment shutdown begins, from whichever thread begins
+/// it (the serving thread may be busy running a handler).
+pub(crate) trait StopAccepting: Send + Sync {
+    /// Stops accepting new connections, if the platform can do that without
+    /// closing the descriptor. Must not block.
+    fn stop_accepting(&self);
 }
 
 #[derive(Default)]
@@ -60,23 +88,35 @@ struct Slots {
 struct Timer {
     started: Option<Instant>,
     deadline: Option<Instant>,
+    /// The server has finished draining: no deadline thread may start.
     done: bool,
     thread: Option<JoinHandle<()>>,
 }
 
 /// The state behind [`ShutdownHandle`] and [`ShutdownToken`]; one per server.
+///
+/// Phase changes out of Running happen under the `timer` lock, so the
+/// deadline a thread reads is always the one belonging to the phase it saw.
 pub(crate) struct ShutdownState {
     phase: AtomicU8,
-    waker: Waker,
+    /// Released when the server finishes, so a stopped server holds no
+    /// descriptor even while handles to it live on.
+    waker: Mutex<Option<Arc<Waker>>>,
     /// Dropped when shutdown begins, so every clone of `stopped` becomes
     /// ready: lets blocked channel operations (a full pool queue, a thread
     /// cap) select on "shutdown started" next to their own work.
     stop_tx: Mutex<Option<Sender<()>>>,
     stop_rx: Receiver<()>,
+    /// Dropped when the drain ends: at the deadline, on `force`, or when the
+    /// server finishes.
+    forced_tx: Mutex<Option<Sender<()>>>,
+    forced_rx: Receiver<()>,
     drain_timeout: Mutex<Duration>,
+    grace: Mutex<Duration>,
     timer: Mutex<Timer>,
     timer_cv: Condvar,
     slots: Mutex<Slots>,
+    listener: Mutex<Option<Weak<dyn StopAccepting>>>,
 }
 
 impl fmt::Debug for ShutdownState {
@@ -92,12 +132,16 @@ impl fmt::Debug for ShutdownState {
 impl ShutdownState {
     pub(crate) fn new() -> std::io::Result<Arc<Self>> {
         let (stop_tx, stop_rx) = crossbeam_channel::bounded(0);
+        let (forced_tx, forced_rx) = crossbeam_channel::bounded(0);
         Ok(Arc::new(Self {
             phase: AtomicU8::new(RUNNING),
-            waker: Waker::new()?,
+            waker: Mutex::new(Some(Arc::new(Waker::new()?))),
             stop_tx: Mutex::new(Some(stop_tx)),
             stop_rx,
+            forced_tx: Mutex::new(Some(forced_tx)),
+            forced_rx,
             drain_timeout: Mutex::new(DEFAULT_DRAIN_TIMEOUT),
+            grace: Mutex::new(DEFAULT_DRAIN_GRACE),
             timer: Mutex::new(Timer {
                 started: None,
                 deadline: None,
@@ -106,11 +150,13 @@ impl ShutdownState {
             }),
             timer_cv: Condvar::new(),
             slots: Mutex::new(Slots::default()),
+            listener: Mutex::new(None),
         }))
     }
 
-    pub(crate) fn waker(&self) -> &Waker {
-        &self.waker
+    /// The serving loop's waker; `None` once the server has finished.
+    pub(crate) fn waker(&self) -> Option<Arc<Waker>> {
+        self.waker.lock().clone()
     }
 
     /// A receiver that becomes ready (disconnected) when shutdown begins.
@@ -118,8 +164,30 @@ impl ShutdownState {
         &self.stop_rx
     }
 
+    /// A receiver that becomes ready (disconnected) when the drain ends: the
+    /// deadline passed, `force` was called, or the server finished.
+    pub(crate) fn forced(&self) -> &Receiver<()> {
+        &self.forced_rx
+    }
+
     pub(crate) fn set_drain_timeout(&self, timeout: Duration) {
         *self.drain_timeout.lock() = timeout;
+    }
+
+    pub(crate) fn set_grace(&self, grace: Duration) {
+        *self.grace.lock() = grace;
+    }
+
+    /// How long after the cut handlers get to return: half of it with only
+    /// their read side shut (time to say goodbye), then both sides.
+    pub(crate) fn grace(&self) -> Duration {
+        *self.grace.lock()
+    }
+
+    /// Tells the shutdown which listening socket to stop when it begins. A
+    /// weak reference: the server alone decides when the socket is closed.
+    pub(crate) fn set_listener(&self, listener: Weak<dyn StopAccepting>) {
+        *self.listener.lock() = Some(listener);
     }
 
     #[inline]
@@ -132,7 +200,13 @@ impl ShutdownState {
         self.phase.load(Ordering::Acquire) == FORCED
     }
 
-    /// The drain deadline, once shutdown has begun.
+    /// Whether the server has finished its drain (every thread joined).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.timer.lock().done
+    }
+
+    /// The drain deadline, once shutdown has begun; after
+    /// [`force`](Self::force), the moment it was forced.
     pub(crate) fn deadline(&self) -> Option<Instant> {
         self.timer.lock().deadline
     }
@@ -144,16 +218,13 @@ impl ShutdownState {
 
     /// Begins a graceful shutdown. Idempotent; never blocks on the server.
     pub(crate) fn begin(self: &Arc<Self>) {
-        if self
-            .phase
-            .compare_exchange(RUNNING, DRAINING, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return;
-        }
-        let now = Instant::now();
         {
             let mut timer = self.timer.lock();
+            if self.phase.load(Ordering::Acquire) != RUNNING {
+                return;
+            }
+            self.phase.store(DRAINING, Ordering::Release);
+            let now = Instant::now();
             timer.started = Some(now);
             let timeout = *self.drain_timeout.lock();
             // A timeout too large to add is "no deadline": a year will do.
@@ -169,33 +240,48 @@ impl ShutdownState {
                 {
                     Ok(handle) => timer.thread = Some(handle),
                     Err(e) => log::error!(
-                        "cannot start the drain-deadline thread ({e}); open connections will only be cut off when the server is closed"
+                        "cannot start the drain-deadline thread ({e}); the drain will be cut off by the serving thread instead"
                     ),
                 }
             }
         }
+        // Refuse new connections first, from this thread: the serving thread
+        // may be busy in a handler (Sync dispatch) and not close the
+        // listener until the drain is over.
+        let listener = self.listener.lock().as_ref().and_then(Weak::upgrade);
+        if let Some(listener) = listener {
+            listener.stop_accepting();
+        }
         self.stop_tx.lock().take();
-        self.waker.wake();
+        if let Some(waker) = self.waker() {
+            waker.wake();
+        }
         log::info!("shutdown requested: no new requests; draining");
     }
 
-    /// Ends the drain now: begins shutdown if needed, then moves the deadline
-    /// to this instant.
+    /// Ends the drain now: begins shutdown if needed, moves the deadline to
+    /// this instant and cuts live connections off for reading before
+    /// returning; the deadline thread shuts them down completely after the
+    /// goodbye window.
     pub(crate) fn force(self: &Arc<Self>) {
         self.begin();
-        let mut timer = self.timer.lock();
-        if timer.done {
-            return;
-        }
-        timer.deadline = Some(Instant::now());
-        if timer.thread.is_some() {
+        let has_thread = {
+            let mut timer = self.timer.lock();
+            if timer.done || self.is_forced() {
+                return;
+            }
+            timer.deadline = Some(Instant::now());
             self.timer_cv.notify_all();
-        } else {
-            drop(timer);
-            self.force_now();
+            timer.thread.is_some()
+        };
+        self.force_now();
+        if !has_thread {
+            self.cut_off();
         }
     }
 
+    /// The drain-deadline thread: waits for the deadline (or the end of the
+    /// drain), then cuts live connections off in two steps.
     fn run_timer(&self) {
         let mut timer = self.timer.lock();
         loop {
@@ -212,9 +298,18 @@ impl ShutdownState {
         }
         drop(timer);
         self.force_now();
+        let cut_at = Instant::now() + self.grace() / 2;
+        let mut timer = self.timer.lock();
+        while !timer.done && Instant::now() < cut_at {
+            self.timer_cv.wait_until(&mut timer, cut_at);
+        }
+        drop(timer);
+        self.cut_off();
     }
 
-    /// Moves to the Forced phase and cuts off every live connection.
+    /// Moves to the Forced phase and cuts every live connection
+    /// ([`ForceClose::cut`]). Called by the deadline thread, by `force`, or
+    /// by a drain that finds the deadline passed.
     pub(crate) fn force_now(&self) {
         if self
             .phase
@@ -223,14 +318,8 @@ impl ShutdownState {
         {
             return;
         }
-        let live: Vec<Arc<dyn ForceClose>> = self
-            .slots
-            .lock()
-            .entries
-            .iter()
-            .flatten()
-            .cloned()
-            .collect();
+        self.forced_tx.lock().take();
+        let live = self.live();
         if !live.is_empty() {
             log::warn!(
                 "drain deadline reached: shutting down {} open connection(s)",
@@ -238,28 +327,52 @@ impl ShutdownState {
             );
         }
         for conn in live {
-            conn.force_close();
+            conn.cut();
         }
     }
 
-    /// Marks the drain as over and joins the deadline thread. Called by the
-    /// server once every worker has finished; later `begin` calls are no-ops.
+    /// Shuts every connection still live down in both directions.
+    fn cut_off(&self) {
+        for conn in self.live() {
+            conn.close_both();
+        }
+    }
+
+    fn live(&self) -> Vec<Arc<dyn ForceClose>> {
+        self.slots
+            .lock()
+            .entries
+            .iter()
+            .flatten()
+            .cloned()
+            .collect()
+    }
+
+    /// Marks the drain as over, joins the deadline thread and releases the
+    /// waker's descriptors. Called by the server once every worker has
+    /// finished; later `begin` and `force` calls are no-ops.
     pub(crate) fn finish(&self) {
-        // A server closed without a shutdown request still ends in a
-        // non-running phase, so handles held elsewhere see it as stopped.
-        let _ = self
-            .phase
-            .compare_exchange(RUNNING, DRAINING, Ordering::AcqRel, Ordering::Acquire);
-        self.stop_tx.lock().take();
-        self.waker.wake();
         let thread = {
             let mut timer = self.timer.lock();
+            // A server closed without a shutdown request still ends in a
+            // non-running phase, so handles held elsewhere see it as stopped.
+            if self.phase.load(Ordering::Acquire) == RUNNING {
+                self.phase.store(DRAINING, Ordering::Release);
+            }
             timer.done = true;
             self.timer_cv.notify_all();
             timer.thread.take()
         };
+        self.stop_tx.lock().take();
+        self.forced_tx.lock().take();
         if let Some(thread) = thread {
             let _ = thread.join();
+        }
+        // Connections of abandoned handlers, if any, are cut off for good.
+        self.cut_off();
+        self.listener.lock().take();
+        if let Some(waker) = self.waker.lock().take() {
+            waker.wake();
         }
     }
 
@@ -278,9 +391,10 @@ impl ShutdownState {
                 }
             }
         };
-        // Registered after the cut-off swept the table: cut it off now.
+        // Registered after the cut-off swept the table (forced is set before
+        // the sweep takes the lock): it will never be served, cut it off now.
         if self.is_forced() {
-            conn.force_close();
+            conn.close_both();
         }
         Registration {
             state: Arc::clone(self),
@@ -421,6 +535,16 @@ impl ShutdownToken {
             Err(RecvTimeoutError::Disconnected) => true,
             Ok(()) | Err(RecvTimeoutError::Timeout) => self.is_shutting_down(),
         }
+    }
+
+    /// Blocks until the drain deadline passes (or [`ShutdownHandle::force`]
+    /// is called), the server finishes, or `timeout` passes; returns whether
+    /// the drain was forced. For work not tied to the request's connection —
+    /// a datagram handler waiting on a backend, a helper thread — that must
+    /// give up when the server cuts off what is left.
+    pub fn wait_forced(&self, timeout: Duration) -> bool {
+        let _ = self.state.forced().recv_timeout(timeout);
+        self.is_forced()
     }
 }
 

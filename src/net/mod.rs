@@ -76,7 +76,19 @@ pub trait StreamSocket: private::Sealed + AsFd + fmt::Debug + Send + Sync + 'sta
 }
 
 impl<S: StreamSocket> ForceClose for S {
-    fn force_close(&self) {
+    fn cut(&self) {
+        // A full send buffer means whoever writes is blocked on a peer that
+        // does not read: no goodbye can get through, wake the writer too.
+        let how = if crate::sys::is_writable(self.as_fd()) {
+            Shutdown::Read
+        } else {
+            Shutdown::Both
+        };
+        // shutdown(2) on a socket the peer already reset fails with
+        // ENOTCONN; there is nothing left to wake then.
+        let _ = self.shutdown(how);
+    }
+    fn close_both(&self) {
         let _ = self.shutdown(Shutdown::Both);
     }
 }
@@ -138,6 +150,28 @@ pub(crate) mod sealed {
         /// Refuses a job without running the handler, giving `busy` (if any)
         /// a chance to write a short message first. Must not block.
         fn refuse(job: Self::Job, busy: Option<&BusyHook<Self::Addr>>);
+
+        /// Stops accepting new connections without closing the socket,
+        /// called from whichever thread begins shutdown (see
+        /// `sys::stop_listening`). Datagram sockets have nothing to stop.
+        fn stop_listening(&self) {}
+    }
+}
+
+impl<T: sealed::Transport> crate::shutdown::StopAccepting for T {
+    fn stop_accepting(&self) {
+        self.stop_listening();
+    }
+}
+
+/// `stop_listening` for stream listeners.
+pub(crate) fn stop_listening(listener: BorrowedFd<'_>) {
+    match crate::sys::stop_listening(listener) {
+        Ok(true) => log::debug!("listening socket shut down: new connections are refused"),
+        Ok(false) => {}
+        Err(e) => log::debug!(
+            "cannot shut the listening socket down early ({e}); it is closed after the serving loop returns"
+        ),
     }
 }
 

@@ -105,6 +105,10 @@ impl sealed::Transport for TcpListener {
     fn refuse(job: Self::Job, busy: Option<&super::BusyHook<SocketAddr>>) {
         job.refuse(busy);
     }
+
+    fn stop_listening(&self) {
+        super::stop_listening(self.as_fd());
+    }
 }
 
 /// Constructors for [`TcpServer`](crate::TcpServer).
@@ -163,7 +167,7 @@ where
                 .bind_ip(addr, socket2::Type::STREAM)
                 .map(TcpListener::from)
         })?;
-        Server::new(listener, handler)
+        Server::new_bound(listener, handler)
     }
 
     /// Serves an existing listener — one inherited from a supervisor or

@@ -305,6 +305,10 @@ impl sealed::Transport for UnixListener {
     fn refuse(job: Self::Job, busy: Option<&BusyHook<SocketAddr>>) {
         job.refuse(busy);
     }
+
+    fn stop_listening(&self) {
+        super::stop_listening(self.inner.as_fd());
+    }
 }
 
 /// A bound Unix datagram socket that removes its file when dropped.
@@ -477,7 +481,7 @@ where
         options: &BindOptions,
         handler: H,
     ) -> io::Result<Self> {
-        Server::new(UnixListener::bind(path, options)?, handler)
+        Server::new_bound(UnixListener::bind(path, options)?, handler)
     }
 
     /// Serves an existing, listening socket (its file is not removed).

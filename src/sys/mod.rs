@@ -13,6 +13,8 @@
 //! 3. [`poll_one`]: wait, with a timeout, until one descriptor is readable or
 //!    writable (deadline-bounded reads and writes on non-blocking sockets).
 //! 4. Accept-error classification ([`AcceptErrorKind`]).
+//! 5. [`stop_listening`]: make a listening socket refuse new connections
+//!    without closing it (or report that the platform cannot).
 //!
 //! Only Unix is supported today; on other targets the crate does not build,
 //! and the error says so (see `lib.rs`).

@@ -125,6 +125,40 @@ pub(crate) fn sleep_unless_woken(waker: &Waker, timeout: Duration) -> io::Result
     }
 }
 
+/// Stops a listening socket accepting connections without closing it, so a
+/// thread other than the one serving it can refuse new connections at once.
+/// Returns whether the platform could.
+///
+/// On Linux, `shutdown(2)` with `SHUT_RD` on a listening socket takes it
+/// out of the listening state (the kernel's `inet_shutdown` calls this "a
+/// temporary solution for missing close() in multithreaded environment"):
+/// new TCP connections are refused, those still in the backlog are reset,
+/// and `accept(2)` fails with `EINVAL`. On a Unix-domain listener new
+/// connects are refused. Other systems reject `shutdown(2)` on a listener
+/// (`ENOTCONN`), so there the listener only stops when it is closed.
+pub(crate) fn stop_listening(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        socket2::SockRef::from(&fd).shutdown(Shutdown::Read)?;
+        Ok(true)
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = fd;
+        Ok(false)
+    }
+}
+
+/// Whether `fd` has room to write now (`poll(2)` with a zero timeout). An
+/// error or hang-up counts as writable: a write would not block.
+pub(crate) fn is_writable(fd: BorrowedFd<'_>) -> bool {
+    let mut fds = [PollFd::new(fd, PollFlags::POLLOUT)];
+    match poll(&mut fds, PollTimeout::ZERO) {
+        Ok(n) => n > 0,
+        Err(_) => true,
+    }
+}
+
 /// Readiness a caller of [`poll_one`] waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[allow(
