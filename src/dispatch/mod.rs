@@ -23,9 +23,10 @@
 
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use parking_lot::{Condvar, Mutex};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender};
 
 use crate::shutdown::ShutdownState;
 use crate::stats::Stats;
@@ -35,10 +36,6 @@ mod pool;
 pub(crate) mod reactor;
 mod sync;
 mod threading;
-
-/// After the drain deadline cuts connections off, handlers get this long to
-/// notice and return before their threads are given up on.
-pub(crate) const FORCE_GRACE: Duration = Duration::from_millis(500);
 
 /// How a server runs its requests: the strategies are described on each
 /// variant, and compared under "Which dispatch strategy?" in the
@@ -385,7 +382,7 @@ impl<W: Work> Dispatcher<W> {
     }
 
     /// Waits for every started and queued request to finish (the drain),
-    /// bounded by the shutdown deadline plus [`FORCE_GRACE`]. Returns how
+    /// bounded by the shutdown deadline plus the drain grace. Returns how
     /// many threads were abandoned.
     pub(crate) fn drain(self) -> u64 {
         match self {
@@ -398,73 +395,157 @@ impl<W: Work> Dispatcher<W> {
     }
 }
 
-/// Counts live threads so a drain can wait for them with a deadline
-/// (`JoinHandle::join` has none).
-#[derive(Debug, Default)]
+/// Counts the threads a dispatcher started so a drain can wait for them
+/// with a deadline, next to the "drain forced" signal (`JoinHandle::join`
+/// has neither).
+///
+/// Every live thread holds a clone of a sender that is never sent on; the
+/// receiver disconnects when the last one is gone, so the wait is a channel
+/// operation and can sit in one `Select` with the shutdown state.
+#[derive(Debug)]
 pub(crate) struct LiveCount {
-    count: Mutex<usize>,
-    idle: Condvar,
+    count: Arc<AtomicUsize>,
+    alive: Sender<()>,
+    gone: Receiver<()>,
 }
 
 impl LiveCount {
-    pub(crate) fn enter(self: &Arc<Self>) -> LiveGuard {
-        *self.count.lock() += 1;
-        LiveGuard(Arc::clone(self))
+    pub(crate) fn new() -> Self {
+        let (alive, gone) = crossbeam_channel::bounded(0);
+        LiveCount {
+            count: Arc::default(),
+            alive,
+            gone,
+        }
     }
 
-    /// Waits until no thread is live or `until` passes; returns how many are
-    /// still live.
-    pub(crate) fn wait_idle(&self, until: Option<Instant>) -> usize {
-        let mut count = self.count.lock();
-        while *count > 0 {
-            match until {
-                Some(t) => {
-                    if self.idle.wait_until(&mut count, t).timed_out() {
-                        break;
-                    }
-                }
-                None => self.idle.wait(&mut count),
-            }
+    /// Counts one more thread until the guard is dropped.
+    pub(crate) fn enter(&self) -> LiveGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        LiveGuard {
+            count: Arc::clone(&self.count),
+            _alive: self.alive.clone(),
         }
-        *count
+    }
+
+    /// The drain: waits until every thread has exited, or the drain is
+    /// forced (deadline or `force`) and then the drain grace has
+    /// passed. Returns how many threads are still running.
+    pub(crate) fn wait(self, state: &ShutdownState) -> usize {
+        let LiveCount { count, alive, gone } = self;
+        drop(alive);
+        if !wait_until_forced(&gone, state) {
+            return 0;
+        }
+        // Cut off: handlers blocked on their connections return now; give
+        // them a moment before giving up on them.
+        let give_up = give_up_at(state).unwrap_or_else(Instant::now);
+        match gone.recv_deadline(give_up) {
+            Err(RecvTimeoutError::Disconnected) => 0,
+            Ok(()) | Err(RecvTimeoutError::Timeout) => count.load(Ordering::SeqCst),
+        }
     }
 }
 
 /// Decrements its [`LiveCount`] when dropped, even by a panic.
 #[derive(Debug)]
-pub(crate) struct LiveGuard(Arc<LiveCount>);
+pub(crate) struct LiveGuard {
+    count: Arc<AtomicUsize>,
+    // Dropped after `drop` has decremented the count, so the count is
+    // final when the receiver disconnects.
+    _alive: Sender<()>,
+}
 
 impl Drop for LiveGuard {
     fn drop(&mut self) {
-        let mut count = self.0.count.lock();
-        *count -= 1;
-        if *count == 0 {
-            self.0.idle.notify_all();
+        self.count.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits until `gone` disconnects (returns `false`) or the drain is forced
+/// (returns `true`). If the deadline passes with nobody having forced the
+/// drain (the deadline thread could not start), forces it from here.
+fn wait_until_forced(gone: &Receiver<()>, state: &ShutdownState) -> bool {
+    let mut select = Select::new();
+    let idle = select.recv(gone);
+    let forced = select.recv(state.forced());
+    let op = match state.deadline() {
+        Some(deadline) => select.select_deadline(deadline),
+        None => Ok(select.select()),
+    };
+    match op {
+        Ok(op) if op.index() == idle => {
+            let _ = op.recv(gone);
+            false
+        }
+        Ok(op) => {
+            debug_assert_eq!(op.index(), forced);
+            let _ = op.recv(state.forced());
+            true
+        }
+        Err(_) => {
+            state.force_now();
+            true
         }
     }
 }
 
-/// The instant after which a drain stops waiting for threads.
+/// The instant after which a drain stops waiting for connections or threads:
+/// the drain deadline plus the drain grace. Read when called: a later
+/// `force` moves the deadline earlier.
 pub(crate) fn give_up_at(state: &ShutdownState) -> Option<Instant> {
-    state.deadline().map(|d| d + FORCE_GRACE)
+    state.deadline().map(|d| d + state.grace())
 }
 
-/// Waits for `live` threads to finish within the drain bound, then joins the
-/// finished ones. Returns how many were abandoned.
+/// Sends `msg` on `channel` unless the drain is forced first; gives `msg`
+/// back if it could not be sent. For a request accepted before shutdown but
+/// still waiting for room when it began.
+pub(crate) fn send_until_forced<T>(
+    channel: &Sender<T>,
+    msg: T,
+    state: &ShutdownState,
+) -> Result<(), T> {
+    if state.is_forced() {
+        return Err(msg);
+    }
+    let mut select = Select::new();
+    let send = select.send(channel);
+    let _forced = select.recv(state.forced());
+    let op = match state.deadline() {
+        Some(deadline) => select.select_deadline(deadline),
+        None => Ok(select.select()),
+    };
+    match op {
+        Ok(op) if op.index() == send => op.send(channel, msg).map_err(|e| e.into_inner()),
+        Ok(op) => {
+            let _ = op.recv(state.forced());
+            Err(msg)
+        }
+        Err(_) => {
+            state.force_now();
+            Err(msg)
+        }
+    }
+}
+
+/// Waits for `live` threads within the drain bound, then joins the finished
+/// ones; threads still running are left behind (detached). Returns how many
+/// were abandoned.
 pub(crate) fn join_all(
-    live: &LiveCount,
+    live: LiveCount,
     handles: Vec<std::thread::JoinHandle<()>>,
     state: &ShutdownState,
     what: &str,
 ) -> u64 {
-    let stuck = live.wait_idle(give_up_at(state));
+    let stuck = live.wait(state);
     if stuck > 0 {
         log::error!(
-            "{stuck} {what} thread(s) still running {FORCE_GRACE:?} after the drain deadline; leaving them behind"
+            "{stuck} {what} thread(s) still running {:?} after the drain was cut off; leaving them behind",
+            state.grace()
         );
     }
     for handle in handles {
-        if handle.is_finished() || stuck == 0 {
+        if stuck == 0 || handle.is_finished() {
             let _ = handle.join();
         }
     }

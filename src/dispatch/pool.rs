@@ -10,31 +10,40 @@
 //! moment later, and the request waits for it instead. Workers catch
 //! handler panics, so the pool keeps its size for its whole life.
 //!
-//! On shutdown the sending side is dropped; workers finish what is queued and
-//! exit. Requests still queued when the drain deadline passes are closed
-//! without being served.
+//! On shutdown the serving loop stops at once, even when it was waiting for
+//! room (the request it held is handed to the drain). The drain then queues
+//! that request if room appears before the deadline, drops the sending side,
+//! and waits: workers finish what is queued and exit. Requests still queued
+//! when the drain deadline passes are closed without being served.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread::{self, JoinHandle};
 
-use crossbeam_channel::{Receiver, Select, SendTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{Receiver, Select, Sender, TrySendError};
 
-use super::{LiveCount, Overflow, Pool, Work, join_all};
+use super::{LiveCount, Overflow, Pool, Work, join_all, send_until_forced};
 use crate::shutdown::ShutdownState;
 use crate::stats::Stats;
 
 pub(crate) struct PoolDispatcher<W: Work> {
     queue: Sender<W::Job>,
+    /// The workers' end, kept to sweep the queue if workers are stuck at the
+    /// end of the drain.
+    jobs: Receiver<W::Job>,
     overflow: Overflow,
     work: Arc<W>,
     state: Arc<ShutdownState>,
     stats: Stats,
-    live: Arc<LiveCount>,
+    live: LiveCount,
     workers: Vec<JoinHandle<()>>,
     /// Workers not running a request: parked in `recv`, or on their way
     /// there.
     idle: Arc<AtomicUsize>,
+    /// Requests accepted before shutdown that were waiting for room in a
+    /// full queue when it began: the serving loop hands them over here and
+    /// returns at once, so the listener is closed without waiting for room.
+    pending: Vec<W::Job>,
 }
 
 impl<W: Work> PoolDispatcher<W> {
@@ -45,7 +54,7 @@ impl<W: Work> PoolDispatcher<W> {
         stats: Stats,
     ) -> std::io::Result<Self> {
         let (queue, jobs) = crossbeam_channel::bounded(config.queue_size);
-        let live = Arc::<LiveCount>::default();
+        let live = LiveCount::new();
         let idle = Arc::new(AtomicUsize::new(config.workers));
         let mut workers = Vec::with_capacity(config.workers);
         for i in 0..config.workers {
@@ -71,6 +80,7 @@ impl<W: Work> PoolDispatcher<W> {
         );
         Ok(PoolDispatcher {
             queue,
+            jobs,
             overflow: config.overflow,
             work,
             state,
@@ -78,6 +88,7 @@ impl<W: Work> PoolDispatcher<W> {
             live,
             workers,
             idle,
+            pending: Vec::new(),
         })
     }
 
@@ -103,37 +114,57 @@ impl<W: Work> PoolDispatcher<W> {
         }
     }
 
-    /// Waits for room in the queue, or for shutdown; an accepted request is
-    /// still served if room appears before the drain deadline.
-    fn send_blocking(&self, job: W::Job) {
+    /// Waits for room in the queue, or for shutdown: then the request is
+    /// kept for the drain, which still serves it if room appears before the
+    /// deadline.
+    fn send_blocking(&mut self, job: W::Job) {
+        if self.state.is_shutting_down() {
+            self.pending.push(job);
+            return;
+        }
         let mut select = Select::new();
         let send = select.send(&self.queue);
         let _stop = select.recv(self.state.stopped());
         let op = select.select();
-        let job = if op.index() == send {
-            match op.send(&self.queue, job) {
-                Ok(()) => return,
-                Err(e) => e.into_inner(),
+        if op.index() == send {
+            if let Err(e) = op.send(&self.queue, job) {
+                self.stats.dec_queued();
+                self.work.discard(e.into_inner());
             }
         } else {
             let _ = op.recv(self.state.stopped());
-            let deadline = self
-                .state
-                .deadline()
-                .unwrap_or_else(std::time::Instant::now);
-            match self.queue.send_deadline(job, deadline) {
-                Ok(()) => return,
-                Err(SendTimeoutError::Timeout(job) | SendTimeoutError::Disconnected(job)) => job,
-            }
-        };
-        self.stats.dec_queued();
-        self.work.discard(job);
+            self.pending.push(job);
+        }
     }
 
     pub(crate) fn drain(self) -> u64 {
+        let PoolDispatcher {
+            queue,
+            jobs,
+            work,
+            state,
+            stats,
+            live,
+            workers,
+            pending,
+            ..
+        } = self;
+        for job in pending {
+            if let Err(job) = send_until_forced(&queue, job, &state) {
+                stats.dec_queued();
+                work.discard(job);
+            }
+        }
         // Closing the queue lets workers run what is queued, then exit.
-        drop(self.queue);
-        join_all(&self.live, self.workers, &self.state, "worker")
+        drop(queue);
+        let abandoned = join_all(live, workers, &state, "worker");
+        // Workers discard what is left once the drain is forced; if they
+        // are all stuck, nobody would: close those requests here.
+        for job in jobs.try_iter() {
+            stats.dec_queued();
+            work.discard(job);
+        }
+        abandoned
     }
 }
 

@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Select, Sender};
 use parking_lot::{Condvar, Mutex, RwLock};
 
-use super::{LiveCount, Overflow, Reactor, give_up_at, join_all};
+use super::{LiveCount, Overflow, Reactor, give_up_at, join_all, send_until_forced};
 use crate::connection::{
     ConnShared, Connection, MessageTimeout, Outbound, Rearm, Spurious, is_payload,
 };
@@ -583,7 +583,7 @@ where
 {
     core: Arc<Core<T, S, M>>,
     workers: Vec<JoinHandle<()>>,
-    live: Arc<LiveCount>,
+    live: LiveCount,
     slots: Option<(Sender<()>, Receiver<()>)>,
     _marker: PhantomData<fn() -> T>,
 }
@@ -627,7 +627,7 @@ where
                 now + config.idle_timeout.map_or(Duration::ZERO, sweep_interval),
             ),
         });
-        let live = Arc::<LiveCount>::default();
+        let live = LiveCount::new();
         let mut workers = Vec::with_capacity(config.workers);
         for i in 0..config.workers {
             let core = Arc::clone(&core);
@@ -683,9 +683,14 @@ where
                     }
                 } else {
                     let _ = op.recv(state.stopped());
-                    let deadline = state.deadline().unwrap_or_else(Instant::now);
-                    if acquire.send_deadline((), deadline).is_ok() {
-                        return Ok((job, guard()));
+                    // Accepted before shutdown: served if a place frees up
+                    // before the drain is cut off (the deadline wins a tie;
+                    // dropping the guard gives the place back).
+                    if send_until_forced(acquire, (), state).is_ok() {
+                        let place = guard();
+                        if !state.is_forced() {
+                            return Ok((job, place));
+                        }
                     }
                 }
                 crate::dispatch::Work::discard(work, job);
@@ -828,7 +833,7 @@ where
         }
         core.exit.wake();
         let ReactorDispatcher { workers, live, .. } = *self;
-        stuck + join_all(&live, workers, core.state(), "reactor")
+        stuck + join_all(live, workers, core.state(), "reactor")
     }
 }
 
