@@ -63,6 +63,20 @@ impl<A> Running<A> {
             .expect("serve_forever panicked")
             .expect("serve_forever failed")
     }
+
+    /// Waits up to `limit` for `serve_forever` to return, or fails the test
+    /// (a drain that never ends is a bug, not a hang).
+    pub fn join_within(self, limit: Duration) -> ShutdownReport {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = self.thread;
+        thread::spawn(move || {
+            let _ = tx.send(thread.join());
+        });
+        rx.recv_timeout(limit)
+            .unwrap_or_else(|_| panic!("serve_forever did not return within {limit:?}"))
+            .expect("serve_forever panicked")
+            .expect("serve_forever failed")
+    }
 }
 
 /// Starts `serve_forever` on a thread.
