@@ -152,18 +152,49 @@ pub struct Proc {
     pub pid: i32,
     pub stdout: BufReader<ChildStdout>,
     pub first_line: String,
+    /// Its stderr (the log), line by line, with [`Proc::start_logged`].
+    stderr: Option<Receiver<String>>,
 }
 
 impl Proc {
     /// Starts example `name` with `args` and reads its first stdout line.
     pub fn start(name: &str, args: &[&str]) -> Proc {
+        Self::spawn(name, args, false)
+    }
+
+    /// Like [`Proc::start`], and collects stderr so a test can wait for a
+    /// log line with [`Proc::wait_stderr`] (each line is echoed to the
+    /// test's stderr too).
+    pub fn start_logged(name: &str, args: &[&str]) -> Proc {
+        Self::spawn(name, args, true)
+    }
+
+    fn spawn(name: &str, args: &[&str], logged: bool) -> Proc {
         let mut child = Command::new(example(name))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if logged {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("spawn example");
+        let stderr = child.stderr.take().map(|err| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let tag = name.to_owned();
+            thread::spawn(move || {
+                for line in BufReader::new(err).lines() {
+                    let Ok(line) = line else { break };
+                    eprintln!("[{tag}] {line}");
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            rx
+        });
         let pid = child.id() as i32;
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let (tx, rx) = std::sync::mpsc::channel();
@@ -187,6 +218,22 @@ impl Proc {
             pid,
             stdout,
             first_line: line.expect("read first line"),
+            stderr,
+        }
+    }
+
+    /// Waits up to `limit` for a stderr line containing `needle` (lines
+    /// before it are skipped) and returns it. Needs [`Proc::start_logged`].
+    pub fn wait_stderr(&self, needle: &str, limit: Duration) -> String {
+        let lines = self.stderr.as_ref().expect("started with start_logged");
+        let until = std::time::Instant::now() + limit;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(e) => panic!("no stderr line containing {needle:?} within {limit:?}: {e}"),
+            }
         }
     }
 
