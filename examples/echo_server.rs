@@ -18,7 +18,12 @@
 //! The first line on stdout is exactly `listening on tcp://HOST:PORT`
 //! (`udp://HOST:PORT`, `unix://PATH`) with the real bound address, so a
 //! script can start it on port 0 and read where it listens. Logs go to
-//! stderr. After a graceful stop the process exits with status 0.
+//! stderr.
+//!
+//! Ctrl-C or SIGTERM stops accepting at once and lets open connections
+//! finish for up to `--drain-secs` (default 5), then cuts off what is left;
+//! the process then exits with status 0. A second Ctrl-C ends the drain at
+//! once.
 
 use std::io::{self, BufRead, IsTerminal, Write};
 use std::path::PathBuf;
@@ -135,7 +140,16 @@ where
     H: Service<T>,
 {
     server.set_dispatch(dispatch(args));
-    server.set_drain_timeout(Duration::from_secs_f64(args.drain_secs.max(0.0)));
+    let drain = Duration::try_from_secs_f64(args.drain_secs).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "--drain-secs {}: not a non-negative number of seconds",
+                args.drain_secs
+            ),
+        )
+    })?;
+    server.set_drain_timeout(drain);
     server.shutdown_on_signals()?;
     let mut stdout = io::stdout().lock();
     writeln!(stdout, "listening on {url}")?;
