@@ -211,21 +211,118 @@
 //!
 //! # Shutting down
 //!
-//! A server is *running*, then *draining*, then *forced*:
+//! Python's `socketserver` either abandons in-flight requests at shutdown or,
+//! with `block_on_close`, waits forever on a client that never hangs up.
+//! Here a stopping server *drains with a deadline*. It goes through four
+//! states:
 //!
-//! - [`ShutdownHandle::shutdown`] (from any thread, a handler, or a signal
-//!   via [`Server::shutdown_on_signals`]) wakes the serving loop at once.
-//!   It stops accepting and closes the listening socket, so new connections
-//!   are refused rather than left in the backlog.
-//! - While draining, requests already accepted — running or queued — finish
-//!   normally. Handlers can see it: [`StreamRequest::is_shutting_down`].
-//! - At the drain deadline ([`Server::set_drain_timeout`], 5 s by default),
-//!   or at once on [`ShutdownHandle::force`] or a second Ctrl-C, every
-//!   connection still open is shut down in both directions, so handlers
-//!   blocked in `read` or `write` return; queued requests that never started
-//!   are closed unserved.
-//! - `serve_forever` returns once every worker thread has exited, with a
-//!   [`ShutdownReport`]: how many requests drained, how many were forced.
+//! ```text
+//! running
+//!   │  shutdown(), or a signal
+//!   ▼
+//! draining    stop accepting; accepted and queued requests run on
+//!   │  the drain deadline, force(), or a second signal
+//!   ▼
+//! forced      open connections are cut; requests never started are closed
+//!   │  every thread has returned (or is abandoned after the grace)
+//!   ▼
+//! finished    serve_forever returns a ShutdownReport
+//! ```
+//!
+//! - **Running → draining.** [`ShutdownHandle::shutdown`] — from any thread,
+//!   from inside a handler, or from a signal — returns at once and never
+//!   waits for the server. The listening socket stops accepting
+//!   immediately, so new connections are refused instead of waiting in the
+//!   backlog (see *Platform-specific behavior* below), and the serving loop
+//!   is woken through a descriptor, not by polling a flag.
+//! - **Draining.** Requests already accepted run to completion: those
+//!   running, and those still waiting — in a pool's queue, for a free worker
+//!   or for a thread slot — which are started as room appears. Datagrams
+//!   already received are handled too. Handlers can tell:
+//!   [`StreamRequest::is_shutting_down`] (and
+//!   [`DatagramRequest::is_shutting_down`]), or the [`ShutdownToken`] from
+//!   `shutdown_token()`, which also gives the deadline and can block a
+//!   helper thread ([`ShutdownToken::wait`], [`ShutdownToken::wait_forced`]).
+//!   A long-lived handler (a chat session, a feed) should finish the message
+//!   in hand and say goodbye.
+//! - **Forced.** At the drain deadline — [`Server::set_drain_timeout`], by
+//!   default 5 s after shutdown began — or at once on
+//!   [`ShutdownHandle::force`] or a second signal, every connection still
+//!   open is shut down for reading: a handler blocked in `read` gets
+//!   end-of-file, and, seeing [`ShutdownToken::is_forced`], can still write
+//!   a last message where its protocol has one. A connection whose send
+//!   buffer is full (its handler is blocked writing to a client that does
+//!   not read) is shut down both ways at once, and half-way through the
+//!   drain grace ([`Server::set_drain_grace`], by default 0.5 s) everything
+//!   still open is. Requests accepted but never started are closed
+//!   unserved. A datagram handler has no connection to cut: if it may run
+//!   long, it should check [`ShutdownToken::is_forced`].
+//! - **Finished.** Every worker and request thread the server started has
+//!   been joined, and every descriptor it opened is closed — listener,
+//!   connections, its wake-up socket pair — even while [`ShutdownHandle`]s
+//!   live on. A handler that ignores both its closed socket and the token,
+//!   still running when the drain grace has passed after the cut, is
+//!   abandoned: its thread is detached, logged and counted in
+//!   [`ShutdownReport::abandoned`]. So `serve_forever` returns at most the
+//!   drain timeout plus the grace after shutdown began — except with
+//!   [`Dispatch::Sync`], where the serving thread *is* the handler.
+//!
+//! `serve_forever` then returns a [`ShutdownReport`] for the caller to log:
+//! requests that finished during the drain (`drained`), requests cut off or
+//! discarded at the deadline (`forced`), threads `abandoned`, and how long
+//! the drain took. Closing or dropping a server that was not shut down
+//! drains it the same way.
+//!
+//! A handler that says goodbye, between messages or when the deadline cuts
+//! a wait for the next one short:
+//!
+//! ```
+//! use std::io::{self, BufRead, Write};
+//! use socketserver::TcpRequest;
+//!
+//! fn chat(req: &mut TcpRequest) -> io::Result<()> {
+//!     let mut line = String::new();
+//!     loop {
+//!         line.clear();
+//!         if req.rfile.read_line(&mut line)? == 0 {
+//!             if req.shutdown_token().is_forced() {
+//!                 req.wfile.write_all(b"* server shutting down\n")?;
+//!             }
+//!             return Ok(()); // the client left, or the deadline passed
+//!         }
+//!         req.wfile.write_all(line.as_bytes())?;
+//!         if req.is_shutting_down() {
+//!             return req.wfile.write_all(b"* server shutting down\n");
+//!         }
+//!     }
+//! }
+//! # let _ = chat;
+//! ```
+//!
+//! ## Signals
+//!
+//! [`Server::shutdown_on_signals`] wires SIGINT (Ctrl-C), SIGTERM and SIGHUP
+//! to all of this in one call, through the `ctrlc` crate. `ctrlc` allows one
+//! handler per process, so [`signal`] installs it once and fans each signal
+//! out to every registered server: the first signal begins a graceful
+//! shutdown, a second ends the drain at once, and a signal that finds no
+//! server left to stop exits the process with status 130. Signals are
+//! handled on a thread `ctrlc` starts, which lives as long as the process.
+//! Under systemd or Kubernetes (SIGTERM, then SIGKILL after a grace period),
+//! keep the drain timeout plus the drain grace below that period.
+//!
+//! ## Platform-specific behavior
+//!
+//! On Linux the listener is shut down by the thread that calls `shutdown`,
+//! so new connections are refused at once even while a `Sync` server's one
+//! thread is busy in a handler (and TCP connections still in the backlog
+//! are reset). Elsewhere the listener stops when the serving loop closes
+//! it: at once, except with `Sync` dispatch while a handler runs, when new
+//! connections wait in the backlog until the drain ends and are then reset.
+//! A listener passed in with `from_listener` (inherited from systemd, or
+//! shared with other processes) and a forked child's copy are never shut
+//! down early, only closed: `shutdown(2)` would stop the socket for every
+//! process sharing it.
 //!
 //! # Errors and panics
 //!

@@ -23,10 +23,12 @@
 //! shutdown() ───────┘  from any thread, even a handler: wakes the loop
 //!   │
 //!   ▼
-//! drain ─────────────  stop accepting (listener closed: new connects are
-//!   │                  refused); queued and running requests finish until
-//!   │                  the drain deadline; then live connections are shut
-//!   │                  down; every thread is joined
+//! drain ─────────────  stop accepting (listener shut down by the caller on
+//!   │                  Linux, else closed: new connects are refused);
+//!   │                  queued and running requests finish until the drain
+//!   │                  deadline; then live connections are cut (read side,
+//!   │                  then both) and unstarted requests closed; every
+//!   │                  thread is joined or, past the grace, abandoned
 //!   ▼
 //! server_close() / Drop ── the socket is released (Unix: file removed)
 //! ```
@@ -651,10 +653,11 @@ where
     ///
     /// The loop sleeps in one `poll(2)` until a request or the shutdown
     /// request arrives: shutdown is seen at once, and an idle server uses no
-    /// CPU. After shutdown the listening socket is closed, so new
+    /// CPU. After shutdown the listening socket stops accepting, so new
     /// connections are refused; queued and running requests finish, up to
     /// the [drain deadline](Self::set_drain_timeout), when their
-    /// connections are shut down; every worker thread is joined.
+    /// connections are cut off; every worker thread is joined. See "Shutting
+    /// down" in the [crate docs](crate).
     ///
     /// # Errors
     ///

@@ -470,8 +470,9 @@ impl ShutdownHandle {
     }
 
     /// Ends the drain now: begins shutdown if needed, and cuts off every
-    /// connection still open, as if the drain deadline had passed. This is
-    /// what a second Ctrl-C does.
+    /// connection still open, as if the drain deadline had passed — done
+    /// before this returns. Requests that never started are closed unserved.
+    /// This is what a second Ctrl-C does.
     pub fn force(&self) {
         self.state.force();
     }
@@ -499,7 +500,9 @@ impl ShutdownHandle {
 /// Long-lived handlers (a chat session, a device feed) should check
 /// [`is_shutting_down`](Self::is_shutting_down) between messages and say
 /// goodbye where the protocol allows; a handler blocked in `read` at the
-/// deadline is woken by its connection being shut down.
+/// deadline is woken by end-of-file (its connection is shut down for
+/// reading) and, seeing [`is_forced`](Self::is_forced), can still write a
+/// last message. See "Shutting down" in the [crate docs](crate).
 #[derive(Clone, Debug)]
 pub struct ShutdownToken {
     state: Arc<ShutdownState>,
@@ -516,7 +519,10 @@ impl ShutdownToken {
         self.state.is_shutting_down()
     }
 
-    /// Whether the drain deadline has passed (connections are being cut off).
+    /// Whether the drain deadline has passed or the drain was forced: the
+    /// connections are being cut off. A handler whose `read` just returned
+    /// end-of-file can tell from this that it was the server, not the
+    /// client, and say goodbye.
     #[inline]
     pub fn is_forced(&self) -> bool {
         self.state.is_forced()
@@ -567,8 +573,9 @@ pub struct ShutdownReport {
     pub drained: u64,
     /// Requests cut off, or discarded unstarted, at the drain deadline.
     pub forced: u64,
-    /// Worker threads or child processes that had not exited a grace period
-    /// after the deadline and were left behind (a handler that ignores both
+    /// Worker threads or child processes still running when the drain grace
+    /// ([`Server::set_drain_grace`](crate::Server::set_drain_grace)) had
+    /// passed after the cut, and left behind (a handler that ignores both
     /// its closed socket and the shutdown token). Zero in a healthy server.
     pub abandoned: u64,
     /// Time from the shutdown request to the end of the drain.
