@@ -130,9 +130,10 @@ fn pool_never_runs_more_than_n_handlers_and_serves_every_queued_client() {
         recv(&entered_rx, "every queued client to be served");
     }
     assert_eq!(water.max.load(Ordering::SeqCst), WORKERS);
+    // Counted after the client saw end-of-file: read once workers are joined.
+    running.stop();
     assert_eq!(stats.snapshot().completed, CLIENTS as u64);
     assert_eq!(stats.snapshot().rejected, 0);
-    running.stop();
 }
 
 #[test]
@@ -391,10 +392,12 @@ fn panicking_handler_reaches_handle_error_and_the_pool_keeps_its_size() {
     for client in clients {
         assert_eq!(client.join().unwrap(), b"ok");
     }
+    // A client sees end-of-file before its worker counts the request as
+    // completed: read the counters once the workers are joined.
+    running.stop();
     let snapshot = stats.snapshot();
     assert_eq!(snapshot.panics, 10);
     assert_eq!(snapshot.completed, WORKERS as u64);
-    running.stop();
 }
 
 #[test]
