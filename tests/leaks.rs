@@ -12,7 +12,7 @@
 
 mod util;
 
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::net::{Shutdown, SocketAddr, UdpSocket};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::sync::mpsc;
@@ -20,9 +20,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use socketserver::{
-    Dispatch, Pool, RequestHandler, Server, ShutdownReport, TcpRequest, TcpServer, Transport,
-    UdpRequest, UdpServer, UnixDatagramRequest, UnixDatagramServer, UnixStreamRequest,
-    UnixStreamServer,
+    Action, Connection, Dispatch, MessageHandler, Messages, Pool, Reactor, Server, Service,
+    ShutdownReport, StreamSocket, TcpRequest, TcpServer, Transport, UdpRequest, UdpServer,
+    UnixDatagramRequest, UnixDatagramServer, UnixStreamRequest, UnixStreamServer,
 };
 use util::{STEP, all_dispatches, connect, echo_once, recv};
 
@@ -65,7 +65,7 @@ fn serve<T, H>(
 ) -> thread::JoinHandle<(Server<T, H>, io::Result<ShutdownReport>)>
 where
     T: Transport,
-    H: RequestHandler<T::Request>,
+    H: Service<T>,
     Server<T, H>: Send + 'static,
 {
     thread::spawn(move || {
@@ -222,6 +222,55 @@ fn unix_datagram(name: &str, dispatch: Dispatch, baseline: Counts) {
     drop(dir);
 }
 
+/// A message-mode echo for the keep-alive reactor.
+struct MessageEcho;
+
+impl<S: StreamSocket> MessageHandler<S> for MessageEcho {
+    type State = ();
+
+    fn connect(&self, _conn: &mut Connection<S>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn ready(&self, conn: &mut Connection<S>, _: &mut ()) -> io::Result<Action> {
+        let data = conn.rfile.fill_buf()?;
+        if data.is_empty() {
+            return Ok(Action::Close);
+        }
+        let n = data.len();
+        conn.wfile.write_all(data)?;
+        conn.rfile.consume(n);
+        Ok(Action::Keep)
+    }
+}
+
+/// The reactor: its workers, its epoll descriptor and its exit waker go
+/// too; one connection served, one parked one cut off at the deadline.
+fn reactor(baseline: Counts) {
+    let mut server = TcpServer::bind("127.0.0.1:0", Messages(MessageEcho)).unwrap();
+    server.set_dispatch(Dispatch::Reactor(Reactor::new(2)));
+    server.set_drain_timeout(Duration::from_millis(100));
+    server.set_drain_grace(STEP);
+    let addr = server.local_addr().unwrap();
+    let handle = server.shutdown_handle();
+    let serving = serve(server);
+    assert_eq!(echo_once(addr, b"message"), b"message");
+    let mut parked = connect(addr);
+    parked.write_all(b"x").unwrap();
+    let mut echoed = [0u8; 1];
+    parked.read_exact(&mut echoed).unwrap();
+    handle.shutdown();
+    let (server, report) = join(serving);
+    let report = report.unwrap();
+    assert_eq!(
+        (report.forced, report.abandoned),
+        (1, 0),
+        "reactor: {report}"
+    );
+    drop(parked);
+    check("reactor", baseline, server, handle);
+}
+
 /// `handle_request` starts the dispatcher's threads too; `server_close`
 /// joins them, and a later `handle_request` must not start new ones.
 fn handle_request_then_close(name: &str, dispatch: Dispatch, baseline: Counts) {
@@ -253,6 +302,8 @@ fn serve_forever_leaves_no_thread_and_no_descriptor_behind() {
             baseline,
         );
     }
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    reactor(baseline);
     // A server dropped without ever serving cleans up too.
     drop(TcpServer::bind("127.0.0.1:0", echo).unwrap());
     assert_eq!(settle(baseline), baseline, "a server never served");
