@@ -244,7 +244,9 @@
 //!   `shutdown_token()`, which also gives the deadline and can block a
 //!   helper thread ([`ShutdownToken::wait`], [`ShutdownToken::wait_forced`]).
 //!   A long-lived handler (a chat session, a feed) should finish the message
-//!   in hand and say goodbye.
+//!   in hand and say goodbye. A message-mode handler on the keep-alive
+//!   reactor hears it once through [`MessageHandler::shutting_down`], even
+//!   while its connection is parked.
 //! - **Forced.** At the drain deadline — [`Server::set_drain_timeout`], by
 //!   default 5 s after shutdown began — or at once on
 //!   [`ShutdownHandle::force`] or a second signal, every connection still
