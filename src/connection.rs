@@ -50,6 +50,19 @@ impl fmt::Display for Spurious {
 
 impl std::error::Error for Spurious {}
 
+/// The error payload of a wait inside a message cut short because the
+/// server began shutting down.
+#[derive(Debug)]
+pub(crate) struct ShuttingDown;
+
+impl fmt::Display for ShuttingDown {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the server is shutting down")
+    }
+}
+
+impl std::error::Error for ShuttingDown {}
+
 pub(crate) fn is_payload<E: std::error::Error + 'static>(err: &io::Error) -> bool {
     err.get_ref().is_some_and(|inner| inner.is::<E>())
 }
@@ -252,7 +265,11 @@ impl<S: StreamSocket> Write for ConnWriter<S> {
 /// deadline.
 pub struct ConnReader<S: StreamSocket> {
     shared: Arc<ConnShared<S>>,
+    state: Arc<ShutdownState>,
     deadline: Option<Instant>,
+    /// A wait for the rest of a message ends when shutdown begins (the
+    /// handler has not yet been told of the shutdown).
+    interruptible: bool,
     /// A readiness event started this call and nothing was read yet: a
     /// `WouldBlock` now means the event was stale.
     fresh_event: bool,
@@ -286,11 +303,19 @@ impl<S: StreamSocket> Read for ConnReader<S> {
                     let Some(deadline) = self.deadline else {
                         return Err(e);
                     };
-                    if !sys::poll_one(
-                        self.shared.socket.as_fd(),
-                        sys::Interest::Read,
-                        Some(deadline),
-                    )? {
+                    let fd = self.shared.socket.as_fd();
+                    let ready = if self.interruptible {
+                        let remaining = deadline.saturating_duration_since(Instant::now());
+                        match sys::wait_readable(fd, self.state.waker(), Some(remaining))? {
+                            sys::Ready::Io => true,
+                            sys::Ready::TimedOut => false,
+                            // Not `Interrupted`: std's readers retry that.
+                            sys::Ready::Woken => return Err(io::Error::other(ShuttingDown)),
+                        }
+                    } else {
+                        sys::poll_one(fd, sys::Interest::Read, Some(deadline))?
+                    };
+                    if !ready {
                         return Err(io::Error::new(io::ErrorKind::TimedOut, MessageTimeout));
                     }
                 }
@@ -338,7 +363,9 @@ impl<S: StreamSocket> Connection<S> {
     ) -> Self {
         let reader = ConnReader {
             shared: Arc::clone(&shared),
+            state: Arc::clone(&state),
             deadline: None,
+            interruptible: false,
             fresh_event: false,
             eof: false,
         };
@@ -394,11 +421,12 @@ impl<S: StreamSocket> Connection<S> {
     }
 
     /// Arms the reader for one handler call.
-    pub(crate) fn begin_call(&mut self, deadline: Instant, fresh_event: bool) {
+    pub(crate) fn begin_call(&mut self, deadline: Instant, fresh_event: bool, interruptible: bool) {
         let buffered = self.has_buffered_data();
         let reader = self.rfile.get_mut();
         reader.deadline = Some(deadline);
         reader.fresh_event = fresh_event && !buffered;
+        reader.interruptible = interruptible;
     }
 
     pub(crate) fn end_call(&mut self) {

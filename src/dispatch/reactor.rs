@@ -49,7 +49,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 
 use super::{LiveCount, Overflow, Reactor, give_up_at, join_all, send_until_forced};
 use crate::connection::{
-    ConnShared, Connection, MessageTimeout, Outbound, Rearm, Spurious, is_payload,
+    ConnShared, Connection, MessageTimeout, Outbound, Rearm, ShuttingDown, Spurious, is_payload,
 };
 use crate::error::RequestError;
 use crate::handler::{Action, CloseReason, MessageHandler, Messages};
@@ -311,7 +311,7 @@ where
 
         let Some(state) = state else {
             // A new connection: the registration's writability event.
-            conn.begin_call(deadline, false);
+            conn.begin_call(deadline, false, false);
             let connected = self.call(|| handler.connect(conn));
             conn.end_call();
             entry
@@ -329,7 +329,7 @@ where
 
         if !*told_shutdown && self.state().is_shutting_down() {
             *told_shutdown = true;
-            conn.begin_call(deadline, false);
+            conn.begin_call(deadline, false, false);
             let decided = self.call(|| handler.shutting_down(conn, state));
             conn.end_call();
             match decided.and_then(|a| flush(conn).map(|()| a)) {
@@ -347,7 +347,7 @@ where
             .last_active
             .store(self.now_ms(), Ordering::Relaxed);
         for round in 0..MAX_ROUNDS {
-            conn.begin_call(deadline, round == 0 && event.readable);
+            conn.begin_call(deadline, round == 0 && event.readable, !*told_shutdown);
             stats.inc_active();
             let result = self.call(|| handler.ready(conn, state));
             stats.dec_active();
@@ -426,10 +426,7 @@ where
             }
             let _ = io.conn.wfile.flush();
         }
-        let graceful = !matches!(
-            reason,
-            CloseReason::SlowConsumer | CloseReason::Error(_) | CloseReason::Shutdown
-        );
+        let graceful = !matches!(reason, CloseReason::SlowConsumer | CloseReason::Error(_));
         let pending = {
             let mut out = shared.out.lock();
             let _ = out.flush_to(&*shared.socket);
@@ -478,6 +475,9 @@ where
             out.sent = 0;
         }
         let _ = self.poller.delete(shared.socket.as_fd());
+        // Unread input would turn the close into a reset that can destroy
+        // the last reply in flight (see `discard_pending_input`).
+        crate::sys::discard_pending_input(shared.socket.as_fd(), crate::net::DISCARD_ON_CLOSE);
         let _ = shared.socket.shutdown(Shutdown::Write);
         {
             let mut slab = self.slab.write();
@@ -564,6 +564,9 @@ fn classify<S: StreamSocket>(e: io::Error, shared: &ConnShared<S>) -> CloseReaso
     }
     if is_payload::<MessageTimeout>(&e) {
         return CloseReason::ReadTimeout;
+    }
+    if is_payload::<ShuttingDown>(&e) {
+        return CloseReason::Shutdown;
     }
     match e.kind() {
         io::ErrorKind::UnexpectedEof

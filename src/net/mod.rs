@@ -190,6 +190,9 @@ pub enum Next<J, A> {
 /// The hook that may write a short "busy" message to a refused request.
 pub(crate) type BusyHook<A> = dyn Fn(&A, &mut dyn io::Write) + Send + Sync;
 
+/// At most this much unread input is discarded when a connection closes.
+pub(crate) const DISCARD_ON_CLOSE: usize = 64 * 1024;
+
 /// Builds a stream request: applies per-connection socket options and wraps
 /// the socket in `rfile`/`wfile`.
 pub(crate) fn open_stream<S: StreamSocket>(
@@ -230,6 +233,9 @@ pub(crate) fn close_stream<S: StreamSocket>(request: StreamRequest<S>) -> io::Re
         io::Write::flush(&mut wfile)
     };
     drop(wfile);
+    // Input the handler did not read would turn the close into a reset
+    // that can destroy the reply in flight (see `discard_pending_input`).
+    crate::sys::discard_pending_input(socket.as_fd(), DISCARD_ON_CLOSE);
     // The peer may already be gone; that is not the handler's error.
     let _ = socket.shutdown(Shutdown::Write);
     flushed

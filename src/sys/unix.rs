@@ -197,6 +197,29 @@ pub(crate) fn poll_one(
     }
 }
 
+/// Reads and throws away input that has already arrived on a stream socket,
+/// without blocking, up to `limit` bytes; stops at end of file.
+///
+/// Closing a TCP socket whose receive queue is not empty sends a reset
+/// instead of a FIN, and the peer may then lose the last reply still in
+/// flight to it (RFC 2525, section 2.17; Apache's "lingering close"). A
+/// server that stops reading before its client stops writing calls this
+/// just before closing.
+pub(crate) fn discard_pending_input(fd: BorrowedFd<'_>, limit: usize) {
+    use nix::sys::socket::{MsgFlags, recv};
+    use std::os::fd::AsRawFd;
+    let mut buf = [0u8; 4096];
+    let mut total = 0;
+    while total < limit {
+        match recv(fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
+            Ok(0) => return,
+            Ok(n) => total += n,
+            Err(Errno::EINTR) => {}
+            Err(_) => return,
+        }
+    }
+}
+
 /// How the serving loop should treat an error from `accept(2)` or
 /// `recvfrom(2)`, following the `ERRORS` section of accept(2) and the
 /// `# Errors` section of std's `TcpListener::accept`.
