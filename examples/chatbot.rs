@@ -1,6 +1,8 @@
 //! A multi-client chat room with a bot. Shows a long-lived, line-oriented
-//! protocol on a `TcpServer` with a pool, fan-out to every client that never
-//! waits on a slow one, bounded input, and a goodbye to everyone on Ctrl-C.
+//! protocol in message mode (`Messages` + `Dispatch::Reactor`): connected
+//! clients wait in the poller and hold no thread, so a 4-worker server holds
+//! thousands of them; fan-out to every client never waits on a slow one;
+//! input is bounded; and everyone gets a goodbye on Ctrl-C.
 //!
 //! Run it and poke it (two terminals, or more):
 //!
@@ -37,61 +39,58 @@
 //! - A line over 4096 bytes (not counting `\r\n`), or one that is not valid
 //!   UTF-8, gets a line starting with `ERR` and the connection is closed;
 //!   nobody else sees anything.
-//! - The room never waits for a client: each client has an outbox of 256
-//!   lines drained by its own writer thread, and a client whose outbox
-//!   overflows (it stopped reading) or whose socket takes longer than 10 s
-//!   to accept a write is dropped, with a log line.
+//! - The room never waits for a client: lines are queued on each client's
+//!   connection without blocking, and a client that lets more than 256 KiB
+//!   pile up (it stopped reading) is dropped, with a log line.
+//! - A client that starts a line must finish it within 10 s (the reactor's
+//!   read timeout); one that says nothing for 30 min is disconnected.
 //! - On Ctrl-C or SIGTERM every client gets `BYE server shutting down` and
 //!   is closed; the process exits with status 0 within `--drain-secs` even
 //!   if clients stay connected.
 //!
 //! # Threads
 //!
-//! Each connected client holds one pool worker (the reader, running the
-//! handler) and one writer thread for its whole session, so `--workers`
-//! (default 256) is the most clients connected at once. A client arriving
-//! when every worker is busy gets `ERR server full, try again later` and is
-//! closed (the pool's reject policy and busy hook).
+//! `--workers` (default 4) threads serve whichever connections have data;
+//! idle clients cost no thread, only a little memory. `--max-clients`
+//! (default: no limit) caps the clients at once; the next one gets
+//! `ERR server full, try again later` and is closed (the reactor's reject
+//! policy and the server's busy hook).
 //!
 //! The code is in three parts: `room` (the protocol: members, nicks, `/who`,
-//! fan-out, outboxes; no sockets), `bot` (the replies) and `line` (bounded
-//! line framing), then the socket plumbing (`ChatHandler`: a reader loop and
-//! a writer thread per client). A message-oriented, thread-less connection
-//! mode would keep the first three and replace only the plumbing.
+//! fan-out; no sockets), `bot` (the replies) and `line` (bounded line
+//! framing), then the socket plumbing (`ChatHandler`, a `MessageHandler`).
 //!
 //! The first line on stdout is exactly `listening on tcp://HOST:PORT`; logs
 //! go to stderr.
 
-use std::io::{self, BufRead, BufWriter, IsTerminal, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::io::{self, IsTerminal, Write};
+use std::net::TcpStream;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::mpsc::{self, Receiver, TryRecvError};
-use std::thread;
 use std::time::Duration;
 
 use clap::Parser;
 use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
-use socketserver::{Overflow, Pool, RequestHandler, TcpRequest, TcpServer};
+use socketserver::{
+    Action, CloseReason, ConnWriter, Connection, MessageHandler, Messages, Overflow, Reactor,
+    TcpServer,
+};
 
 /// The longest line a client may send, in bytes, not counting `\r\n`.
 const MAX_LINE: usize = 4096;
-/// How many lines may wait for one client before it counts as too slow.
-const OUTBOX_LINES: usize = 256;
-/// How long one write to a client may block before it counts as stuck.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much output may wait for one client before it counts as too slow.
+const MAX_QUEUED: usize = 256 * 1024;
 /// The kernel send buffer per client. Fixing it (instead of letting Linux
 /// grow it to megabytes) keeps what a stalled client can hold bounded:
-/// this plus its outbox.
+/// this plus [`MAX_QUEUED`].
 const SEND_BUFFER: usize = 64 * 1024;
-/// After the server decides to close a connection (`/quit`, `ERR`), it reads
-/// and discards what the client still sends, for up to this long between
-/// reads and [`LINGER_BYTES`] in all. Closing a TCP socket with unread input
-/// sends a reset instead of a FIN (RFC 2525, section 2.17), and the kernel
-/// drops whatever it has not sent yet — possibly the last reply. This is the
-/// "lingering close" of Apache's `ap_lingering_close`.
-const LINGER: Duration = Duration::from_secs(1);
-const LINGER_BYTES: u64 = 1024 * 1024;
+/// Each client's read buffer. Small, because thousands of idle clients each
+/// keep one; a longer line is still read whole, in several reads.
+const READ_BUFFER: usize = 1024;
+/// How long a started line may take to arrive.
+const LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may say nothing before it is disconnected.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// A multi-client chat room with a bot.
 #[derive(Debug, Parser)]
@@ -100,9 +99,13 @@ struct Args {
     /// Address to listen on (host:port; port 0 picks a free port).
     #[arg(long, default_value = "127.0.0.1:7777")]
     bind: String,
-    /// The most clients connected at once (one pool worker each).
-    #[arg(long, default_value_t = 256)]
+    /// Worker threads serving the clients that have something to say.
+    #[arg(long, default_value_t = 4)]
     workers: usize,
+    /// The most clients connected at once (default: no limit but the
+    /// process's file-descriptor limit).
+    #[arg(long, value_name = "N")]
+    max_clients: Option<usize>,
     /// Seconds a graceful shutdown waits for connections to close before
     /// cutting them off.
     #[arg(long, value_name = "S", default_value_t = 2.0)]
@@ -191,12 +194,10 @@ mod bot {
 }
 
 /// The chat protocol: who is connected, under which name, and what each of
-/// them is sent. Knows nothing of sockets: each member is an outbox (a
-/// bounded queue of lines some writer drains) and a [`Link`] to close it.
+/// them is sent. Knows nothing of sockets: each member is an [`Outbox`].
 mod room {
     use std::collections::BTreeMap;
     use std::fmt;
-    use std::sync::mpsc::{SyncSender, TrySendError};
     use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
     use std::time::SystemTime;
 
@@ -216,14 +217,19 @@ mod room {
         }
     }
 
-    /// How the room closes a member's connection. Neither call may block.
-    pub(crate) trait Link: Send + Sync {
-        /// Stop reading from the client (its reader sees end-of-file); what
-        /// is queued for it is still delivered. Used at shutdown.
-        fn stop_reading(&self);
-        /// Cut the connection off in both directions now: the client is too
-        /// slow, or its connection failed.
-        fn cut_off(&self);
+    /// Why an [`Outbox`] refused a line.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(crate) enum Refused {
+        /// The client is not reading: too much is waiting for it already.
+        TooSlow,
+        /// The connection is gone.
+        Gone,
+    }
+
+    /// Where a member's lines go. `push` must never block: the room holds
+    /// its lock while it calls it.
+    pub(crate) trait Outbox: Send + Sync {
+        fn push(&self, line: &str) -> Result<(), Refused>;
     }
 
     /// What the connection should do after a line.
@@ -238,8 +244,7 @@ mod room {
     struct Member {
         name: String,
         peer: String,
-        outbox: SyncSender<Line>,
-        link: Arc<dyn Link>,
+        outbox: Arc<dyn Outbox>,
     }
 
     #[derive(Default)]
@@ -255,33 +260,36 @@ mod room {
             self.members.values().any(|m| m.name == name)
         }
 
-        /// Queues `line` for `id`. A full outbox means the member stopped
-        /// reading: it is dropped, and `false` returned.
+        /// Queues `line` for `id`. A member that is not reading is dropped
+        /// (its connection is being closed), and `false` returned.
         fn send(&mut self, id: MemberId, line: Line) -> bool {
             let Some(member) = self.members.get(&id) else {
                 return false;
             };
-            match member.outbox.try_send(line) {
+            match member.outbox.push(&line) {
                 Ok(()) => true,
-                // Its writer is gone: the connection is closing anyway.
-                Err(TrySendError::Disconnected(_)) => false,
-                Err(TrySendError::Full(_)) => {
-                    self.drop_member(id, "too slow: its outbox is full");
+                // The connection is closing anyway.
+                Err(Refused::Gone) => false,
+                Err(Refused::TooSlow) => {
+                    self.drop_slow(id);
                     false
                 }
             }
         }
 
-        /// Removes a member and cuts its connection off, with a log line.
-        fn drop_member(&mut self, id: MemberId, why: &str) {
+        /// Removes a member that stopped reading (its connection is being
+        /// closed as a slow consumer), with a log line.
+        fn drop_slow(&mut self, id: MemberId) {
             if let Some(member) = self.members.remove(&id) {
-                log::warn!("dropping {} ({}): {why}", member.name, member.peer);
-                member.link.cut_off();
+                log::warn!(
+                    "dropping {} ({}): too slow, it stopped reading",
+                    member.name,
+                    member.peer
+                );
             }
         }
 
-        /// Removes a member after queueing its last line; dropping its
-        /// outbox's sender lets its writer finish the queue and stop.
+        /// Removes a member after queueing its last line.
         fn part(&mut self, id: MemberId, last: &str, why: &str) {
             self.send(id, line(last));
             if let Some(member) = self.members.remove(&id) {
@@ -320,8 +328,7 @@ mod room {
         pub(crate) fn join(
             &self,
             peer: impl fmt::Display,
-            outbox: SyncSender<Line>,
-            link: Arc<dyn Link>,
+            outbox: Arc<dyn Outbox>,
         ) -> Option<MemberId> {
             let mut state = self.state();
             if state.closed {
@@ -348,7 +355,6 @@ mod room {
                     name,
                     peer: peer.to_string(),
                     outbox,
-                    link,
                 },
             );
             state.send(id, welcome);
@@ -396,14 +402,30 @@ mod room {
                     return After::Close;
                 }
                 _ => {
-                    let said = line(&format!("[{name}] {text}"));
-                    let others: Vec<MemberId> =
-                        state.members.keys().copied().filter(|&m| m != id).collect();
-                    for other in others {
-                        state.send(other, Arc::clone(&said));
-                    }
+                    // The sender's reply first: its latency must not grow
+                    // with the size of the room.
                     let reply = bot::reply(&name, text, SystemTime::now());
                     state.send(id, line(&reply));
+                    let said = line(&format!("[{name}] {text}"));
+                    let others: Vec<(MemberId, Arc<dyn Outbox>)> = state
+                        .members
+                        .iter()
+                        .filter(|&(&m, _)| m != id)
+                        .map(|(&m, member)| (m, Arc::clone(&member.outbox)))
+                        .collect();
+                    // Fan out without holding the room: with thousands of
+                    // members it takes a while, and other members' lines
+                    // need the lock meanwhile.
+                    drop(state);
+                    let too_slow: Vec<MemberId> = others
+                        .into_iter()
+                        .filter(|(_, outbox)| outbox.push(&said) == Err(Refused::TooSlow))
+                        .map(|(m, _)| m)
+                        .collect();
+                    state = self.state();
+                    for slow in too_slow {
+                        state.drop_slow(slow);
+                    }
                 }
             }
             // The member may have been dropped for not reading its replies.
@@ -432,202 +454,139 @@ mod room {
             }
         }
 
-        /// Drops `id` and cuts its connection off (its writer failed).
-        pub(crate) fn drop_member(&self, id: MemberId, why: &str) {
-            self.state().drop_member(id, why);
-        }
-
-        /// Shutdown: says goodbye to everyone, stops reading from them, and
-        /// lets no one else in. Their writers deliver the goodbye and close.
-        pub(crate) fn close(&self) {
+        /// Shutdown: says goodbye to `id` and lets no one else in.
+        pub(crate) fn goodbye(&self, id: MemberId) {
             let mut state = self.state();
             state.closed = true;
-            let ids: Vec<MemberId> = state.members.keys().copied().collect();
-            log::info!(
-                "closing the room: saying goodbye to {} client(s)",
-                ids.len()
-            );
-            for id in ids {
-                state.send(id, line("BYE server shutting down"));
-                if let Some(member) = state.members.remove(&id) {
-                    member.link.stop_reading();
-                }
-            }
+            state.part(id, "BYE server shutting down", "server shutting down");
         }
     }
 }
 
-use room::{After, Link, MemberId, Room};
+use room::{After, MemberId, Outbox, Refused, Room};
 
-/// The room closes a client's connection through its socket.
-impl Link for TcpStream {
-    fn stop_reading(&self) {
-        // Wakes the reader blocked in recv(2) with end-of-file.
-        let _ = self.shutdown(Shutdown::Read);
-    }
-    fn cut_off(&self) {
-        let _ = self.shutdown(Shutdown::Both);
+/// A member's lines go straight onto its connection: queued without
+/// blocking, sent as the client reads.
+impl Outbox for ConnWriter<TcpStream> {
+    fn push(&self, line: &str) -> Result<(), Refused> {
+        match self.send(line.as_bytes()) {
+            Ok(()) => Ok(()),
+            // Past the reactor's outbound limit: it closes the connection.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Refused::TooSlow),
+            Err(_) => Err(Refused::Gone),
+        }
     }
 }
 
-/// The socket plumbing: per client, this handler is the reader and it runs
-/// a writer thread that drains the client's outbox.
+/// The socket plumbing: called by the reactor when a client has sent
+/// something, when the server begins shutting down, and when the client's
+/// connection closes.
 struct ChatHandler {
     room: Arc<Room>,
 }
 
-impl RequestHandler<TcpRequest> for ChatHandler {
-    fn handle(&self, req: &mut TcpRequest) -> io::Result<()> {
-        let peer = *req.peer_addr();
-        // The writer and the room each need their own handle on the socket.
-        let socket = Arc::new(req.socket().try_clone()?);
-        socket.set_write_timeout(Some(WRITE_TIMEOUT))?;
-        socket2::SockRef::from(&*socket).set_send_buffer_size(SEND_BUFFER)?;
-        let (outbox, queue) = mpsc::sync_channel(OUTBOX_LINES);
-        let link: Arc<dyn Link> = socket.clone();
-        let Some(id) = self.room.join(peer, outbox, link) else {
-            req.wfile.write_all(b"BYE server shutting down\n")?;
-            return Ok(());
-        };
-        let room = &*self.room;
-        let closing = thread::scope(|scope| {
-            let writer = thread::Builder::new()
-                .name(format!("chat-writer-{peer}"))
-                .spawn_scoped(scope, || deliver(&socket, queue, room, id, peer));
-            if let Err(e) = writer {
-                room.drop_member(id, &format!("cannot start its writer: {e}"));
-                return false;
-            }
-            let closing = read_lines(&mut req.rfile, room, id);
-            // Leaving drops the outbox's sender: the writer sends what is
-            // queued (BYE, ERR), half-closes, and ends.
-            room.leave(id, "disconnected");
-            closing
-        });
-        if closing {
-            linger(req);
-        }
-        Ok(())
-    }
+/// Per client: who it is in the room (`None` if it arrived as the room
+/// closed), and the buffer its lines are read into.
+struct Client {
+    id: Option<MemberId>,
+    line: Vec<u8>,
 }
 
-/// Reads lines and hands them to the room until the client leaves. Returns
-/// whether the server chose to close (so the client may still be sending).
-fn read_lines(rfile: &mut impl BufRead, room: &Room, id: MemberId) -> bool {
-    let mut buf = Vec::with_capacity(256);
-    loop {
-        let after = match line::read(rfile, &mut buf, MAX_LINE) {
-            Ok(line::Frame::Line) => room.on_line(id, &buf),
-            Ok(line::Frame::TooLong) => room.too_long(id, MAX_LINE),
-            Ok(line::Frame::Eof) => return false,
-            Err(e) => {
-                log::debug!("client {id}: read failed: {e}");
-                return false;
-            }
-        };
-        if after == After::Close {
-            return true;
-        }
-    }
-}
+impl MessageHandler<TcpStream> for ChatHandler {
+    type State = Client;
 
-/// The writer thread: sends the outbox's lines in order, flushing whenever
-/// it runs dry, until the room lets go of the member; then half-closes.
-fn deliver(
-    socket: &TcpStream,
-    queue: Receiver<room::Line>,
-    room: &Room,
-    id: MemberId,
-    peer: SocketAddr,
-) {
-    let mut out = BufWriter::new(socket);
-    let sent = (|| -> io::Result<()> {
+    fn connect(&self, conn: &mut Connection<TcpStream>) -> io::Result<Client> {
+        socket2::SockRef::from(conn.socket()).set_send_buffer_size(SEND_BUFFER)?;
+        let outbox: Arc<dyn Outbox> = Arc::new(conn.writer());
+        let id = self.room.join(conn.peer_addr(), outbox);
+        if id.is_none() {
+            conn.wfile.write_all(b"BYE server shutting down\n")?;
+        }
+        Ok(Client {
+            id,
+            line: Vec::with_capacity(128),
+        })
+    }
+
+    fn ready(&self, conn: &mut Connection<TcpStream>, client: &mut Client) -> io::Result<Action> {
+        let Some(id) = client.id else {
+            return Ok(Action::Close);
+        };
+        // Every complete line that has arrived; a line cut across packets
+        // is waited for (up to the reactor's read timeout).
         loop {
-            let line = match queue.try_recv() {
-                Ok(line) => line,
-                Err(TryRecvError::Empty) => {
-                    out.flush()?;
-                    match queue.recv() {
-                        Ok(line) => line,
-                        Err(_) => break,
-                    }
-                }
-                Err(TryRecvError::Disconnected) => break,
+            let after = match line::read(&mut conn.rfile, &mut client.line, MAX_LINE)? {
+                line::Frame::Line => self.room.on_line(id, &client.line),
+                line::Frame::TooLong => self.room.too_long(id, MAX_LINE),
+                line::Frame::Eof => return Ok(Action::Close),
             };
-            out.write_all(line.as_bytes())?;
-        }
-        out.flush()
-    })();
-    match sent {
-        Ok(()) => {
-            let _ = socket.shutdown(Shutdown::Write);
-        }
-        Err(e) => {
-            let why = if matches!(
-                e.kind(),
-                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-            ) {
-                format!("stuck: a write blocked for over {WRITE_TIMEOUT:?}")
-            } else {
-                format!("write failed: {e}")
-            };
-            log::debug!("writer for {peer}: {e}");
-            room.drop_member(id, &why);
-            // It may have left already; make sure the reader wakes up.
-            socket.cut_off();
+            if after == After::Close {
+                return Ok(Action::Close);
+            }
+            if !conn.has_buffered_data() {
+                return Ok(Action::Keep);
+            }
         }
     }
-}
 
-/// Reads and discards what the client still sends, briefly, before the
-/// socket is closed: see [`LINGER`].
-fn linger(req: &mut TcpRequest) {
-    if req.set_read_timeout(Some(LINGER)).is_ok() {
-        let _ = io::copy(&mut (&mut req.rfile).take(LINGER_BYTES), &mut io::sink());
+    fn shutting_down(&self, _conn: &mut Connection<TcpStream>, client: &mut Client) -> io::Result<Action> {
+        if let Some(id) = client.id.take() {
+            self.room.goodbye(id);
+        }
+        Ok(Action::Close)
+    }
+
+    fn disconnect(&self, _conn: &mut Connection<TcpStream>, client: Client, reason: &CloseReason) {
+        let Some(id) = client.id else {
+            return;
+        };
+        match reason {
+            // Interrupted mid-line by the shutdown: still say goodbye.
+            CloseReason::Shutdown => self.room.goodbye(id),
+            CloseReason::ReadTimeout => self.room.leave(id, "a line took too long to arrive"),
+            CloseReason::IdleTimeout => self.room.leave(id, "idle for too long"),
+            _ => self.room.leave(id, "disconnected"),
+        }
     }
 }
 
 fn run(args: &Args) -> io::Result<()> {
-    if args.workers == 0 {
+    if args.workers == 0 || args.max_clients == Some(0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "--workers must be at least 1",
+            "--workers and --max-clients must be at least 1",
         ));
     }
     let room = Arc::new(Room::default());
-    let handler = ChatHandler {
-        room: Arc::clone(&room),
-    };
-    let mut server = TcpServer::bind(args.bind.as_str(), handler)?;
-    // A direct hand-off: a client is taken only when a worker is free to
-    // serve it, and told so when none is.
+    let mut server = TcpServer::bind(args.bind.as_str(), Messages(ChatHandler { room }))?;
     server.set_dispatch(
-        Pool::new(args.workers)
-            .queue_size(0)
+        Reactor::new(args.workers)
+            .read_timeout(LINE_TIMEOUT)
+            .idle_timeout(Some(IDLE_TIMEOUT))
+            .max_connections(args.max_clients)
+            .max_outbound(MAX_QUEUED)
             .overflow(Overflow::Reject),
     );
+    server.set_rbufsize(READ_BUFFER);
     server.set_busy_hook(|_peer, out| {
         let _ = out.write_all(b"ERR server full, try again later\n");
     });
     server.set_drain_timeout(Duration::from_secs_f64(args.drain_secs.max(0.0)));
     server.shutdown_on_signals()?;
 
-    // On shutdown, say goodbye: readers blocked in recv(2) are woken and
-    // every handler returns, so the drain ends without waiting for clients.
-    let token = server.shutdown_handle().token();
-    thread::Builder::new()
-        .name("chat-shutdown".into())
-        .spawn(move || {
-            while !token.wait(Duration::from_secs(3600)) {}
-            room.close();
-        })?;
-
     let url = format!("tcp://{}", server.local_addr()?);
     let mut stdout = io::stdout().lock();
     writeln!(stdout, "listening on {url}")?;
     stdout.flush()?;
     drop(stdout);
-    log::info!("chat room on {url}: up to {} clients at once", args.workers);
+    log::info!(
+        "chat room on {url}: {} workers, {}",
+        args.workers,
+        match args.max_clients {
+            Some(n) => format!("up to {n} clients at once"),
+            None => "no limit on clients".to_owned(),
+        }
+    );
     let report = server.serve_forever()?;
     log::info!("stopped: {report}; {}", server.stats().snapshot());
     Ok(())

@@ -307,7 +307,7 @@ where
         // and then every thousandth, not each one.
         if rejected == 1 || rejected.is_multiple_of(1000) {
             log::warn!(
-                "request queue full: rejected request from {:?} ({rejected} rejected so far)",
+                "at capacity (queue or connection limit full): rejected request from {:?} ({rejected} rejected so far)",
                 T::job_peer(&job)
             );
         }

@@ -339,8 +339,8 @@ fn ctrl_c_with_connected_clients_says_bye_and_exits_0() {
 }
 
 #[test]
-fn workers_caps_the_clients_and_the_next_one_is_told() {
-    let (_server, addr) = start(&["--workers", "2"]);
+fn max_clients_caps_the_clients_and_the_next_one_is_told() {
+    let (_server, addr) = start(&["--max-clients", "2", "--workers", "1"]);
     let mut a = Client::nick(addr, "a");
     let mut b = Client::nick(addr, "b");
     let mut third = Client::over(util::connect(addr));

@@ -621,3 +621,44 @@ fn message_handlers_need_the_reactor_and_the_reactor_needs_message_handlers() {
     let err = server.serve_forever().unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
 }
+
+#[test]
+fn a_message_half_received_when_shutdown_begins_ends_with_a_goodbye() {
+    struct Framed;
+    impl MessageHandler<TcpStream> for Framed {
+        type State = ();
+        fn connect(&self, conn: &mut Connection<TcpStream>) -> io::Result<()> {
+            conn.wfile.write_all(b"ready\n")
+        }
+        fn ready(&self, conn: &mut Connection<TcpStream>, _: &mut ()) -> io::Result<Action> {
+            let mut line = String::new();
+            conn.rfile.read_line(&mut line)?; // waits for the rest of the line
+            conn.wfile.write_all(line.as_bytes())?;
+            Ok(Action::Keep)
+        }
+        fn disconnect(&self, conn: &mut Connection<TcpStream>, _: (), reason: &CloseReason) {
+            if matches!(reason, CloseReason::Shutdown) {
+                let _ = conn.wfile.write_all(b"goodbye\n");
+            }
+        }
+    }
+    let mut server = TcpServer::bind("127.0.0.1:0", Messages(Framed)).unwrap();
+    // A long drain: the goodbye must not wait for it.
+    server.set_drain_timeout(STEP * 3);
+    let stats = server.stats();
+    let running = spawn(server);
+    let mut client = connect(running.addr);
+    let mut reader = BufReader::new(client.try_clone().unwrap());
+    assert_eq!(read_line(&mut reader), "ready\n");
+    client.write_all(b"half a li").unwrap();
+    // Wait until a worker is inside `ready`, waiting for the rest.
+    let deadline = Instant::now() + STEP;
+    while stats.snapshot().active == 0 {
+        assert!(Instant::now() < deadline, "the handler never started");
+        thread::yield_now();
+    }
+    let report = running.stop();
+    assert_eq!(read_line(&mut reader), "goodbye\n");
+    assert_eq!(read_line(&mut reader), "", "then closed");
+    assert_eq!(report.forced, 0);
+}
