@@ -529,7 +529,11 @@ impl MessageHandler<TcpStream> for ChatHandler {
         }
     }
 
-    fn shutting_down(&self, _conn: &mut Connection<TcpStream>, client: &mut Client) -> io::Result<Action> {
+    fn shutting_down(
+        &self,
+        _conn: &mut Connection<TcpStream>,
+        client: &mut Client,
+    ) -> io::Result<Action> {
         if let Some(id) = client.id.take() {
             self.room.goodbye(id);
         }

@@ -305,8 +305,13 @@ impl<S: StreamSocket> Read for ConnReader<S> {
                     };
                     let fd = self.shared.socket.as_fd();
                     let ready = if self.interruptible {
+                        // No waker: the server has finished, so it is
+                        // certainly shutting down.
+                        let Some(waker) = self.state.waker() else {
+                            return Err(io::Error::other(ShuttingDown));
+                        };
                         let remaining = deadline.saturating_duration_since(Instant::now());
-                        match sys::wait_readable(fd, self.state.waker(), Some(remaining))? {
+                        match sys::wait_readable(fd, &waker, Some(remaining))? {
                             sys::Ready::Io => true,
                             sys::Ready::TimedOut => false,
                             // Not `Interrupted`: std's readers retry that.
