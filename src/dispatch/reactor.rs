@@ -815,19 +815,19 @@ where
                 );
             }
         }
-        let until = give_up_at(core.state());
         let mut stuck = 0;
         {
             let mut open = core.open.lock();
             while *open > 0 {
-                match until {
-                    Some(t) => {
-                        if core.none_open.wait_until(&mut open, t).timed_out() {
-                            break;
-                        }
-                    }
-                    None => core.none_open.wait(&mut open),
+                // `force()` can move the deadline earlier while we wait:
+                // look again at least every 50 ms.
+                let until = give_up_at(core.state());
+                if until.is_some_and(|t| Instant::now() >= t) {
+                    break;
                 }
+                let recheck = Instant::now() + Duration::from_millis(50);
+                let wake = until.map_or(recheck, |t| t.min(recheck));
+                core.none_open.wait_until(&mut open, wake);
             }
             if *open > 0 {
                 stuck = *open as u64;
