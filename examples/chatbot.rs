@@ -198,8 +198,10 @@ mod bot {
 mod room {
     use std::collections::BTreeMap;
     use std::fmt;
+    use std::sync::mpsc::{self, Receiver, SyncSender};
     use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-    use std::time::SystemTime;
+    use std::thread;
+    use std::time::{Duration, Instant, SystemTime};
 
     use super::bot;
 
@@ -245,11 +247,16 @@ mod room {
         name: String,
         peer: String,
         outbox: Arc<dyn Outbox>,
+        /// How many lines had been said to the room when it joined: it is
+        /// sent only the ones after.
+        since: u64,
     }
 
     #[derive(Default)]
     struct State {
         members: BTreeMap<MemberId, Member>,
+        /// Lines said to the room so far.
+        said: u64,
         next_id: u64,
         next_guest: u64,
         closed: bool,
@@ -310,14 +317,159 @@ mod room {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     }
 
-    /// The chat room. Every method takes one short lock and never blocks on
-    /// a client: lines are queued with `try_send`.
-    #[derive(Default)]
-    pub(crate) struct Room {
-        state: Mutex<State>,
+    /// A line said to the room, on its way to everyone else.
+    struct Said {
+        seq: u64,
+        from: MemberId,
+        line: Line,
     }
 
+    /// The chat room. Every method takes one short lock and never blocks on
+    /// a client: lines are queued on connections without waiting.
+    ///
+    /// Lines said to the room are fanned out by a thread of its own, the
+    /// broadcaster, not by the handler that read them: with thousands of
+    /// members a fan-out takes milliseconds (a write per member), and the
+    /// workers must stay free to answer the next client. When lines arrive
+    /// faster than one fan-out takes, the broadcaster sends everything
+    /// waiting in one write per member.
+    pub(crate) struct Room {
+        state: Mutex<State>,
+        said: Mutex<SyncSender<Option<Said>>>,
+        broadcaster: Mutex<Option<thread::JoinHandle<()>>>,
+    }
+
+    /// Lines said to the room waiting for the broadcaster, at most; beyond
+    /// this a member saying something waits (after getting its own reply).
+    const BACKLOG: usize = 4096;
+    /// Lines sent together in one fan-out, at most.
+    const BATCH: usize = 1024;
+    /// Fan-out rounds start at most this often. A round costs a write per
+    /// member — 10 000 members take a good part of a core for ~50 ms — so
+    /// under a burst of chat, lines are gathered and sent together instead.
+    /// At a quiet moment a line goes out at once.
+    const ROUND_INTERVAL: Duration = Duration::from_millis(50);
+    /// A round writes to this many members, then pauses for [`PAUSE`].
+    const SLICE: usize = 256;
+    const PAUSE: Duration = Duration::from_micros(500);
+
     impl Room {
+        /// Opens a room and starts its broadcaster.
+        pub(crate) fn open() -> std::io::Result<Arc<Room>> {
+            let (said, queue) = mpsc::sync_channel(BACKLOG);
+            let room = Arc::new(Room {
+                state: Mutex::default(),
+                said: Mutex::new(said),
+                broadcaster: Mutex::new(None),
+            });
+            let handle = thread::Builder::new()
+                .name("chat-broadcaster".into())
+                .spawn({
+                    let room = Arc::clone(&room);
+                    move || room.broadcast(&queue)
+                })?;
+            *room
+                .broadcaster
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(handle);
+            Ok(room)
+        }
+
+        /// Stops the broadcaster once everything said so far is delivered.
+        pub(crate) fn stop(&self) {
+            let _ = self
+                .said
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .send(None);
+            let handle = self
+                .broadcaster
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(handle) = handle {
+                let _ = handle.join();
+            }
+        }
+
+        /// The broadcaster: takes what is waiting (one line, or a burst),
+        /// sends it to every member in one write each, repeats.
+        fn broadcast(&self, queue: &Receiver<Option<Said>>) {
+            let mut batch = Vec::new();
+            let mut last_round = Instant::now() - ROUND_INTERVAL;
+            while let Ok(Some(first)) = queue.recv() {
+                // Rounds at most every ROUND_INTERVAL: under a burst, what
+                // arrives meanwhile goes out in the same round.
+                let next_round = last_round + ROUND_INTERVAL;
+                let now = Instant::now();
+                if next_round > now {
+                    thread::sleep(next_round - now);
+                }
+                last_round = Instant::now();
+                batch.push(first);
+                let mut stop = false;
+                while batch.len() < BATCH {
+                    match queue.try_recv() {
+                        Ok(Some(said)) => batch.push(said),
+                        Ok(None) => {
+                            stop = true;
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                self.deliver(&batch);
+                batch.clear();
+                if stop {
+                    return;
+                }
+            }
+        }
+
+        fn deliver(&self, batch: &[Said]) {
+            let first_seq = batch[0].seq;
+            let recipients: Vec<(MemberId, u64, Arc<dyn Outbox>)> = self
+                .state()
+                .members
+                .iter()
+                .map(|(&id, m)| (id, m.since, Arc::clone(&m.outbox)))
+                .collect();
+            // Most members get all of it; the few who said some of it, or
+            // joined during it, get their own cut.
+            let all: String = batch.iter().map(|s| &*s.line).collect();
+            let mut too_slow = Vec::new();
+            for (i, (id, since, outbox)) in recipients.into_iter().enumerate() {
+                if i > 0 && i % SLICE == 0 {
+                    // Step aside between slices, so a round over thousands
+                    // of members never keeps the workers waiting for a CPU.
+                    thread::sleep(PAUSE);
+                }
+                let own = since >= first_seq || batch.iter().any(|s| s.from == id);
+                let result = if own {
+                    let cut: String = batch
+                        .iter()
+                        .filter(|s| s.from != id && s.seq > since)
+                        .map(|s| &*s.line)
+                        .collect();
+                    if cut.is_empty() {
+                        continue;
+                    }
+                    outbox.push(&cut)
+                } else {
+                    outbox.push(&all)
+                };
+                if result == Err(Refused::TooSlow) {
+                    too_slow.push(id);
+                }
+            }
+            if !too_slow.is_empty() {
+                let mut state = self.state();
+                for id in too_slow {
+                    state.drop_slow(id);
+                }
+            }
+        }
+
         fn state(&self) -> MutexGuard<'_, State> {
             // A panic elsewhere must not take the whole room down.
             self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -349,12 +501,14 @@ mod room {
                  anything else goes to everyone (say help to the bot)."
             ));
             log::info!("{name} ({peer}) joined");
+            let since = state.said;
             state.members.insert(
                 id,
                 Member {
                     name,
                     peer: peer.to_string(),
                     outbox,
+                    since,
                 },
             );
             state.send(id, welcome);
@@ -402,30 +556,24 @@ mod room {
                     return After::Close;
                 }
                 _ => {
-                    // The sender's reply first: its latency must not grow
-                    // with the size of the room.
                     let reply = bot::reply(&name, text, SystemTime::now());
                     state.send(id, line(&reply));
-                    let said = line(&format!("[{name}] {text}"));
-                    let others: Vec<(MemberId, Arc<dyn Outbox>)> = state
-                        .members
-                        .iter()
-                        .filter(|&(&m, _)| m != id)
-                        .map(|(&m, member)| (m, Arc::clone(&member.outbox)))
-                        .collect();
-                    // Fan out without holding the room: with thousands of
-                    // members it takes a while, and other members' lines
-                    // need the lock meanwhile.
+                    state.said += 1;
+                    let said = Said {
+                        seq: state.said,
+                        from: id,
+                        line: line(&format!("[{name}] {text}")),
+                    };
+                    // The broadcaster tells the others; the room is not
+                    // held while the line waits for it.
+                    let queue = self
+                        .said
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .clone();
                     drop(state);
-                    let too_slow: Vec<MemberId> = others
-                        .into_iter()
-                        .filter(|(_, outbox)| outbox.push(&said) == Err(Refused::TooSlow))
-                        .map(|(m, _)| m)
-                        .collect();
+                    let _ = queue.send(Some(said));
                     state = self.state();
-                    for slow in too_slow {
-                        state.drop_slow(slow);
-                    }
                 }
             }
             // The member may have been dropped for not reading its replies.
@@ -561,8 +709,11 @@ fn run(args: &Args) -> io::Result<()> {
             "--workers and --max-clients must be at least 1",
         ));
     }
-    let room = Arc::new(Room::default());
-    let mut server = TcpServer::bind(args.bind.as_str(), Messages(ChatHandler { room }))?;
+    let room = Room::open()?;
+    let handler = ChatHandler {
+        room: Arc::clone(&room),
+    };
+    let mut server = TcpServer::bind(args.bind.as_str(), Messages(handler))?;
     server.set_dispatch(
         Reactor::new(args.workers)
             .read_timeout(LINE_TIMEOUT)
@@ -591,7 +742,9 @@ fn run(args: &Args) -> io::Result<()> {
             None => "no limit on clients".to_owned(),
         }
     );
-    let report = server.serve_forever()?;
+    let report = server.serve_forever();
+    room.stop();
+    let report = report?;
     log::info!("stopped: {report}; {}", server.stats().snapshot());
     Ok(())
 }
