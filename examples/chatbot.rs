@@ -201,7 +201,7 @@ mod room {
     use std::sync::mpsc::{self, Receiver, SyncSender};
     use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
     use std::thread;
-    use std::time::{Duration, Instant, SystemTime};
+    use std::time::{Duration, SystemTime};
 
     use super::bot;
 
@@ -344,11 +344,6 @@ mod room {
     const BACKLOG: usize = 4096;
     /// Lines sent together in one fan-out, at most.
     const BATCH: usize = 1024;
-    /// Fan-out rounds start at most this often. A round costs a write per
-    /// member — 10 000 members take a good part of a core for ~50 ms — so
-    /// under a burst of chat, lines are gathered and sent together instead.
-    /// At a quiet moment a line goes out at once.
-    const ROUND_INTERVAL: Duration = Duration::from_millis(50);
     /// A round writes to this many members, then pauses for [`PAUSE`].
     const SLICE: usize = 256;
     const PAUSE: Duration = Duration::from_micros(500);
@@ -396,16 +391,7 @@ mod room {
         /// sends it to every member in one write each, repeats.
         fn broadcast(&self, queue: &Receiver<Option<Said>>) {
             let mut batch = Vec::new();
-            let mut last_round = Instant::now() - ROUND_INTERVAL;
             while let Ok(Some(first)) = queue.recv() {
-                // Rounds at most every ROUND_INTERVAL: under a burst, what
-                // arrives meanwhile goes out in the same round.
-                let next_round = last_round + ROUND_INTERVAL;
-                let now = Instant::now();
-                if next_round > now {
-                    thread::sleep(next_round - now);
-                }
-                last_round = Instant::now();
                 batch.push(first);
                 let mut stop = false;
                 while batch.len() < BATCH {
