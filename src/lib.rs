@@ -208,6 +208,86 @@
 //! - **[`Dispatch::Threading`]**: a thread per request, as Python's
 //!   `ThreadingMixIn`. Simple and unbounded; give it a
 //!   [`Threading::max_threads`] cap in production.
+//! - **[`Dispatch::Reactor`]** (Linux): for long-lived connections that are
+//!   mostly idle — chat, device gateways, keep-alive protocols. The handler
+//!   is a [`MessageHandler`] called only when a connection has data; idle
+//!   connections wait in an epoll poller and hold no thread, so a few
+//!   workers serve thousands of clients. See *Long-lived connections*.
+//!
+//! # Long-lived connections
+//!
+//! With a [`RequestHandler`], a connection's handler runs for the
+//! connection's whole life: in a pool of 8 workers, the 9th chat client
+//! waits, and 100 clients that connect and say nothing starve everyone.
+//! Message mode removes that limit:
+//!
+//! ```no_run
+//! use std::io::{self, BufRead, Write};
+//! use std::net::TcpStream;
+//! use std::time::Duration;
+//! use socketserver::{Action, Connection, MessageHandler, Messages, Reactor, TcpServer};
+//!
+//! struct Upper;
+//!
+//! impl MessageHandler<TcpStream> for Upper {
+//!     type State = ();
+//!     fn connect(&self, conn: &mut Connection<TcpStream>) -> io::Result<()> {
+//!         conn.wfile.write_all(b"hello\n")
+//!     }
+//!     fn ready(&self, conn: &mut Connection<TcpStream>, _: &mut ()) -> io::Result<Action> {
+//!         loop {
+//!             let mut line = String::new();
+//!             if conn.rfile.read_line(&mut line)? == 0 {
+//!                 return Ok(Action::Close);
+//!             }
+//!             conn.wfile.write_all(line.to_uppercase().as_bytes())?;
+//!             if !conn.has_buffered_data() {
+//!                 return Ok(Action::Keep); // park until more arrives
+//!             }
+//!         }
+//!     }
+//! }
+//!
+//! let mut server = TcpServer::bind("127.0.0.1:7777", Messages(Upper))?;
+//! server.set_dispatch(
+//!     Reactor::new(4)
+//!         .idle_timeout(Some(Duration::from_secs(600)))
+//!         .read_timeout(Duration::from_secs(5))
+//!         .max_connections(Some(50_000)),
+//! );
+//! server.serve_forever()?;
+//! # io::Result::Ok(())
+//! ```
+//!
+//! - **When the handler runs.** [`MessageHandler::connect`] once per
+//!   connection (it may write a greeting), [`MessageHandler::ready`] each
+//!   time data has arrived, [`MessageHandler::shutting_down`] once when the
+//!   server begins to stop, [`MessageHandler::disconnect`] once at the end,
+//!   with a [`CloseReason`]. Per-connection state is the handler's
+//!   `State`; `rfile` keeps its buffer between calls.
+//! - **Reading.** `ready` should handle the complete messages available and
+//!   return [`Action::Keep`] once [`Connection::has_buffered_data`] is
+//!   false. A read that needs more bytes waits for them — inside a message
+//!   only, and only until the read timeout ([`Reactor::read_timeout`], 10 s
+//!   by default). A client that trickles a message byte by byte is cut off
+//!   at that deadline ([`CloseReason::ReadTimeout`]) and cannot hold a
+//!   worker longer.
+//! - **Idle connections** are closed after [`Reactor::idle_timeout`] (5 min
+//!   by default) without data, and the handler is told
+//!   ([`CloseReason::IdleTimeout`]).
+//! - **Writing** never blocks a worker: what the socket cannot take at once
+//!   is queued and sent as the peer reads. Other threads write to a
+//!   connection through its [`ConnWriter`] (`conn.writer()`), e.g. a chat
+//!   broadcast. A peer that lets more than [`Reactor::max_outbound`] (1 MiB)
+//!   pile up is disconnected as a slow consumer; while its own replies are
+//!   queued past 64 KiB, its input is not read (TCP backpressure).
+//! - **Limits.** [`Reactor::max_connections`] caps open connections, with the
+//!   pool's [`Overflow`] policy: block accepting, or reject (counted, with
+//!   the server's busy hook).
+//! - **How it works.** Every worker waits in the same epoll instance; each
+//!   connection is armed one-shot, so exactly one worker learns it is ready
+//!   and serves it there — no dispatcher thread, no hand-off per message.
+//!   See `src/dispatch/reactor.rs`.
 //!
 //! # Shutting down
 //!
