@@ -48,6 +48,8 @@
 //! | `DatagramRequestHandler`             | [`DatagramRequest`]                             |
 //! | `ThreadingMixIn`                     | [`Dispatch::Threading`]                         |
 //! | (none)                               | [`Dispatch::Pool`]                              |
+//! | `ForkingMixIn` (`max_children`)      | [`Dispatch::Forking`] ([`Forking::max_children`]) |
+//! | (none; gunicorn, Unicorn)            | [`Dispatch::Prefork`]                           |
 //! | `verify_request`, `handle_error`, `handle_timeout`, `service_actions` | [`Server::set_verify_request`], [`Server::set_handle_error`], [`Server::set_handle_timeout`], [`Server::set_service_actions`] |
 //! | `serve_forever`, `handle_request`, `shutdown`, `server_close` | [`Server::serve_forever`], [`Server::handle_request`], [`ShutdownHandle::shutdown`], [`Server::server_close`] |
 //!
@@ -188,7 +190,8 @@
 //!                       │     └─ setup → handle → finish → close ─(error/panic)→ handle_error
 //!                       └─ service_actions
 //! shutdown() → stop accepting → drain until the deadline → cut off the rest
-//!            → join every thread → serve_forever returns a ShutdownReport
+//!            → join every thread, reap every child → serve_forever returns
+//!              a ShutdownReport
 //! ```
 //!
 //! The full lifecycle, with each step's reasons, is at the top of
@@ -213,6 +216,29 @@
 //!   is a [`MessageHandler`] called only when a connection has data; idle
 //!   connections wait in an epoll poller and hold no thread, so a few
 //!   workers serve thousands of clients. See *Long-lived connections*.
+//! - **[`Dispatch::Forking`]**: a child process per request, as Python's
+//!   `ForkingMixIn`, at most [`Forking::max_children`] at once. Choose it
+//!   when a request must not be able to hurt the server: a handler that may
+//!   segfault, abort, leak or scribble over memory (native code behind FFI,
+//!   a parser you do not trust), or one that changes process-wide state
+//!   (user id, resource limits, working directory) for its own request.
+//!   The crash, the leak and the state die with the child. The price is a
+//!   `fork` and an exit per request, and a parent that must run only its
+//!   serving thread (see the fork-safety rules on [`Forking`]).
+//!   Not for high request rates.
+//! - **[`Dispatch::Prefork`]**: P supervised worker processes accepting on
+//!   one listening socket (gunicorn and Unicorn; Python has no mixin for
+//!   it), each running sync, a pool or (Linux) a reactor. Choose it to use
+//!   every core without sharing a lock or an allocator between them, and to
+//!   survive a worker's crash — the supervisor replaces it — without paying
+//!   a fork per request.
+//!   Workers share no memory: caches are per process, and the counters live
+//!   in each worker.
+//!
+//! In short: **pool** for throughput in one process, **reactor** for many
+//! idle connections, **prefork** for throughput across cores with crash
+//! containment per worker, **forking** for isolation of every single
+//! request.
 //!
 //! # Long-lived connections
 //!
@@ -348,6 +374,12 @@
 //!   [`ShutdownReport::abandoned`]. So `serve_forever` returns at most the
 //!   drain timeout plus the grace after shutdown began — except with
 //!   [`Dispatch::Sync`], where the serving thread *is* the handler.
+//! - **Processes.** With [`Dispatch::Forking`] the requests are child
+//!   processes: the drain waits for them, at the deadline they get SIGTERM,
+//!   SIGKILL once the grace has passed, and every child is reaped before
+//!   `serve_forever` returns. A [`Dispatch::Prefork`] supervisor forwards
+//!   the shutdown to every worker as SIGTERM, each worker drains as above,
+//!   and the supervisor reaps them all.
 //!
 //! `serve_forever` then returns a [`ShutdownReport`] for the caller to log:
 //! requests that finished during the drain (`drained`), requests cut off or
@@ -418,8 +450,10 @@
 //! # Platform support
 //!
 //! Unix only (Linux, the BSDs, macOS): the serving loop waits with
-//! `poll(2)`. On other targets the crate does not compile; `src/sys/mod.rs`
-//! lists what a port must provide. Unix-domain servers are `cfg(unix)`.
+//! `poll(2)`; forking and prefork dispatch use `fork(2)` and `SIGCHLD`
+//! (prefork workers follow a dead supervisor on Linux only, through
+//! `PR_SET_PDEATHSIG`). On other targets the crate does not compile;
+//! `src/sys/mod.rs` lists what a port must provide. Unix-domain servers are `cfg(unix)`.
 
 #![deny(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -445,6 +479,8 @@ pub use connection::{ConnReader, ConnWriter, Connection};
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub use dispatch::Reactor;
 pub use dispatch::{Dispatch, Overflow, Pool, Threading};
+#[cfg(unix)]
+pub use dispatch::{Forking, Prefork};
 pub use error::RequestError;
 pub use handler::{Action, CloseReason, MessageHandler, Messages, RequestHandler};
 pub use net::{BindOptions, DEFAULT_REQUEST_QUEUE_SIZE, DatagramSocket, StreamSocket, Transport};

@@ -42,13 +42,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::dispatch::{Dispatch, Dispatcher, Work};
+use crate::dispatch::{Dispatch, Dispatcher, Outcome, Work};
 use crate::error::RequestError;
 use crate::handler::RequestHandler;
 use crate::net::{BusyHook, Next, Transport, sealed};
 use crate::shutdown::{ShutdownHandle, ShutdownReport, ShutdownState, StopAccepting};
 use crate::stats::Stats;
-use crate::sys::{self, AcceptErrorKind, Ready};
+use crate::sys::{self, AcceptErrorKind, Ready, ReadyOr};
 
 /// By default `rfile` buffers 8 KiB (Python's `rbufsize = -1`: the default
 /// buffer size).
@@ -268,7 +268,7 @@ where
         H::start_reactor(self, config)
     }
 
-    fn run(&self, job: T::Job) {
+    fn run(&self, job: T::Job) -> Outcome {
         let stats = &self.ctx.stats;
         let peer = T::job_peer(&job).clone();
         stats.inc_active();
@@ -279,16 +279,24 @@ where
             Ok(Err(e)) => Some(RequestError::Io(e)),
             Err(payload) => Some(RequestError::from_panic(payload)),
         };
-        match error {
-            None => stats.inc_completed(),
+        let outcome = match error {
+            None => {
+                stats.inc_completed();
+                Outcome::Completed
+            }
             Some(error) => {
                 stats.inc_errors();
                 if error.is_panic() {
                     stats.inc_panics();
                 }
                 self.report_error(&peer, &error);
+                if error.is_panic() {
+                    Outcome::Panicked
+                } else {
+                    Outcome::Failed
+                }
             }
-        }
+        };
         let state = &self.ctx.state;
         if state.is_shutting_down() {
             if state.is_forced() {
@@ -297,6 +305,11 @@ where
                 stats.inc_drained();
             }
         }
+        outcome
+    }
+
+    fn peer(job: &T::Job) -> String {
+        format!("{:?}", T::job_peer(job))
     }
 
     fn reject(&self, job: T::Job) {
@@ -614,8 +627,35 @@ where
     /// Prepares the socket and starts the dispatcher's threads, once; after
     /// shutdown has begun, starts nothing.
     fn start(&mut self) -> io::Result<()> {
+        Self::check_dispatch(&self.shared.ctx.config.dispatch)?;
+        if self.shared.ctx.state.is_shutting_down() {
+            return Ok(());
+        }
+        if !self.prepared {
+            self.prepare()?;
+            if let Some(transport) = &self.transport
+                && self.listener_owner == Some(std::process::id())
+            {
+                let weak: std::sync::Weak<dyn StopAccepting> = Arc::downgrade(transport) as _;
+                self.shared.ctx.state.set_listener(weak);
+            }
+        }
+        if self.dispatcher.is_none() {
+            let ctx = &self.shared.ctx;
+            let mut dispatcher =
+                Dispatcher::start(&ctx.config.dispatch, &self.shared, &ctx.state, &ctx.stats)?;
+            if let Some(transport) = &self.transport {
+                dispatcher.set_listener(transport.wait_fd());
+            }
+            self.dispatcher = Some(dispatcher);
+        }
+        Ok(())
+    }
+
+    /// Whether `dispatch` can serve this server's handler.
+    fn check_dispatch(dispatch: &Dispatch) -> io::Result<()> {
         #[cfg(any(target_os = "linux", target_os = "android"))]
-        let reactor = matches!(self.shared.ctx.config.dispatch, Dispatch::Reactor(_));
+        let reactor = matches!(dispatch, Dispatch::Reactor(_));
         #[cfg(not(any(target_os = "linux", target_os = "android")))]
         let reactor = false;
         if H::needs_reactor() && !reactor {
@@ -624,25 +664,14 @@ where
                 "a message handler (Messages(..)) is served by Dispatch::Reactor only",
             ));
         }
-        if self.shared.ctx.state.is_shutting_down() {
-            return Ok(());
-        }
+        Ok(())
+    }
+
+    /// Prepares the socket for the serving loop (non-blocking mode), once.
+    fn prepare(&mut self) -> io::Result<()> {
         if let (false, Some(transport)) = (self.prepared, &self.transport) {
             transport.prepare(&self.shared.ctx)?;
-            if self.listener_owner == Some(std::process::id()) {
-                let weak: std::sync::Weak<dyn StopAccepting> = Arc::downgrade(transport) as _;
-                self.shared.ctx.state.set_listener(weak);
-            }
             self.prepared = true;
-        }
-        if self.dispatcher.is_none() {
-            let ctx = &self.shared.ctx;
-            self.dispatcher = Some(Dispatcher::start(
-                &ctx.config.dispatch,
-                &self.shared,
-                &ctx.state,
-                &ctx.stats,
-            )?);
         }
         Ok(())
     }
@@ -669,6 +698,13 @@ where
         if let Some(report) = self.report {
             return Ok(report);
         }
+        #[cfg(unix)]
+        if let Dispatch::Prefork(prefork) = &self.shared.ctx.config.dispatch {
+            // This process becomes the supervisor; its workers come back
+            // here with their own dispatch.
+            let prefork = prefork.clone();
+            return crate::dispatch::prefork::supervise(self, &prefork);
+        }
         let served = self.start().and_then(|()| self.serve_loop());
         let report = self.stop();
         served.map(|()| report)
@@ -688,9 +724,12 @@ where
             if state.is_shutting_down() {
                 return Ok(());
             }
-            match sys::wait_readable(transport.wait_fd(), &waker, interval)? {
-                Ready::Woken => return Ok(()),
-                Ready::Io | Ready::TimedOut => {}
+            let extra = self.dispatcher.as_ref().and_then(Dispatcher::wake_fd);
+            match sys::wait_readable_or(transport.wait_fd(), extra, &waker, interval)? {
+                ReadyOr::Ready(Ready::Woken) => return Ok(()),
+                // A dispatcher event (a child exited) is handled by
+                // service_actions at the top of the loop.
+                ReadyOr::Ready(Ready::Io | Ready::TimedOut) | ReadyOr::Extra => {}
             }
         }
     }
@@ -727,6 +766,13 @@ where
             // Shutdown may have stopped the listener under us (Linux:
             // accept fails with EINVAL): that is the end, not a failure.
             Err(_) if self.shared.ctx.state.is_shutting_down() => Ok(false),
+            // In a forked copy of the server that bound the socket (a
+            // prefork worker), the same means the owner stopped it: its
+            // shutdown has begun, so this copy's begins too.
+            Err(e) if sys::listener_was_stopped(&e) && self.is_forked_copy() => {
+                self.shared.ctx.state.begin();
+                Ok(false)
+            }
             Err(e) => self.absorb_accept_error(e).map(|()| false),
         }
     }
@@ -750,8 +796,17 @@ where
         }
         match &mut self.dispatcher {
             Some(dispatcher) => dispatcher.dispatch(&self.shared, job),
-            None => Work::run(&*self.shared, job),
+            None => {
+                Work::run(&*self.shared, job);
+            }
         }
+    }
+
+    /// Whether this is a forked copy of a server that bound its socket
+    /// itself: a prefork worker.
+    fn is_forked_copy(&self) -> bool {
+        self.listener_owner
+            .is_some_and(|owner| owner != std::process::id())
     }
 
     /// Sorts an accept/receive error: retry, back off, or give up.
@@ -777,7 +832,10 @@ where
         }
     }
 
-    fn service_actions(&self) {
+    fn service_actions(&mut self) {
+        if let Some(dispatcher) = &mut self.dispatcher {
+            dispatcher.service();
+        }
         if let Some(hook) = &self.shared.hooks.service_actions {
             hook();
         }
@@ -806,15 +864,21 @@ where
                 return Ok(false);
             }
             let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            match sys::wait_readable(transport.wait_fd(), &waker, remaining)? {
-                Ready::Woken => return Ok(false),
-                Ready::TimedOut => {
+            let extra = self.dispatcher.as_ref().and_then(Dispatcher::wake_fd);
+            match sys::wait_readable_or(transport.wait_fd(), extra, &waker, remaining)? {
+                ReadyOr::Ready(Ready::Woken) => return Ok(false),
+                ReadyOr::Extra => {
+                    if let Some(dispatcher) = &mut self.dispatcher {
+                        dispatcher.service();
+                    }
+                }
+                ReadyOr::Ready(Ready::TimedOut) => {
                     if let Some(hook) = &self.shared.hooks.handle_timeout {
                         hook();
                     }
                     return Ok(false);
                 }
-                Ready::Io => {
+                ReadyOr::Ready(Ready::Io) => {
                     if self.take_one(&transport)? {
                         return Ok(true);
                     }
@@ -853,6 +917,59 @@ where
     /// Idempotent; `Drop` does the same.
     pub fn server_close(&mut self) -> ShutdownReport {
         self.stop()
+    }
+}
+
+/// What the prefork supervisor (`dispatch/prefork.rs`) needs of a server:
+/// it runs whole serving loops in worker processes.
+#[cfg(unix)]
+impl<T: Transport, H: Service<T>> Server<T, H> {
+    pub(crate) fn prefork_state(&self) -> &Arc<ShutdownState> {
+        &self.shared.ctx.state
+    }
+
+    /// Prepares the socket the workers will inherit, after checking that
+    /// the workers' `dispatch` can serve the handler, and registers it to be
+    /// stopped the moment shutdown begins (Linux), as `start` does: new
+    /// connections are then refused at once, even by workers busy in a
+    /// request; a worker's `accept` failing on the stopped socket begins
+    /// its own shutdown (see `take_one`).
+    pub(crate) fn prefork_prepare(&mut self, dispatch: &Dispatch) -> io::Result<()> {
+        Self::check_dispatch(dispatch)?;
+        self.prepare()?;
+        if let Some(transport) = &self.transport
+            && self.listener_owner == Some(std::process::id())
+        {
+            let weak: std::sync::Weak<dyn StopAccepting> = Arc::downgrade(transport) as _;
+            self.shared.ctx.state.set_listener(weak);
+        }
+        Ok(())
+    }
+
+    /// In a freshly forked worker: a shutdown state of its own (the
+    /// supervisor's waker is shared across fork), and the worker's
+    /// dispatch. Returns the new state.
+    pub(crate) fn prefork_become_worker(
+        &mut self,
+        dispatch: Dispatch,
+    ) -> io::Result<Arc<ShutdownState>> {
+        let state = ShutdownState::new()?;
+        let old = &self.shared.ctx.state;
+        state.set_drain_timeout(old.drain_timeout());
+        state.set_grace(old.grace());
+        let shared = self.shared_mut();
+        shared.ctx.state = Arc::clone(&state);
+        shared.ctx.config.dispatch = dispatch;
+        Ok(state)
+    }
+
+    /// Closes the supervisor's copy of the listening socket.
+    pub(crate) fn prefork_close_listener(&mut self) {
+        self.transport = None;
+    }
+
+    pub(crate) fn prefork_finish(&mut self, report: ShutdownReport) {
+        self.report = Some(report);
     }
 }
 

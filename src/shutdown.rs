@@ -174,6 +174,10 @@ impl ShutdownState {
         *self.drain_timeout.lock() = timeout;
     }
 
+    pub(crate) fn drain_timeout(&self) -> Duration {
+        *self.drain_timeout.lock()
+    }
+
     pub(crate) fn set_grace(&self, grace: Duration) {
         *self.grace.lock() = grace;
     }
@@ -188,6 +192,12 @@ impl ShutdownState {
     /// weak reference: the server alone decides when the socket is closed.
     pub(crate) fn set_listener(&self, listener: Weak<dyn StopAccepting>) {
         *self.listener.lock() = Some(listener);
+    }
+
+    /// Forgets the listening socket: a forked child has closed its copy,
+    /// and must never shut down whatever its descriptor number becomes.
+    pub(crate) fn forget_listener(&self) {
+        self.listener.lock().take();
     }
 
     #[inline]
@@ -218,6 +228,11 @@ impl ShutdownState {
 
     /// Begins a graceful shutdown. Idempotent; never blocks on the server.
     pub(crate) fn begin(self: &Arc<Self>) {
+        // Forking dispatch checks "not shutting down" and forks under this
+        // lock, so the drain-deadline thread started below never exists
+        // while a fork happens (see dispatch/forking.rs).
+        #[cfg(unix)]
+        let _fork = crate::sys::fork_lock();
         {
             let mut timer = self.timer.lock();
             if self.phase.load(Ordering::Acquire) != RUNNING {

@@ -97,6 +97,10 @@ fn step(server: &Arc<ShutdownState>) -> Step {
 }
 
 fn on_signal() {
+    // Logging and starting shutdowns take locks; a fork (forking or prefork
+    // dispatch) must not copy them half-held into a child.
+    #[cfg(unix)]
+    let _fork = crate::sys::fork_lock();
     let servers: Vec<Arc<ShutdownState>> =
         SERVERS.lock().iter().filter_map(Weak::upgrade).collect();
     let steps: Vec<Step> = servers.iter().map(step).collect();

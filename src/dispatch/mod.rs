@@ -16,10 +16,19 @@
 //!    ([`MessageHandler`](crate::MessageHandler)): N workers wait in one
 //!    epoll poller; a connection reaches a worker only when it has data, so
 //!    thousands of idle connections hold no thread (Linux).
+//! 5. [`Dispatch::Forking`] — a child process per request
+//!    (`ForkingMixIn`), at most [`Forking::max_children`] at once, reaped as
+//!    soon as they exit; a crash in a handler kills only its own child.
+//!    Driven from the serving thread (`forking.rs`).
+//! 6. [`Dispatch::Prefork`] — beyond Python: a supervisor forks P worker
+//!    processes that all accept on the one inherited listening socket, each
+//!    running its own dispatch (sync, a pool, or a reactor), and restarts
+//!    any that dies (gunicorn, Unicorn). A server-level mode:
+//!    `serve_forever` hands over to the supervisor (`prefork.rs`).
 //!
-//! A dispatcher only moves requests to threads; it never reads a socket (that
-//! is the transport's job) and never decides what a request means (the
-//! handler's).
+//! A dispatcher only moves requests to threads or processes; it never reads
+//! a socket (that is the transport's job) and never decides what a request
+//! means (the handler's).
 
 use std::io;
 use std::sync::Arc;
@@ -31,11 +40,20 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Select, Sender};
 use crate::shutdown::ShutdownState;
 use crate::stats::Stats;
 
+#[cfg(unix)]
+mod forking;
 mod pool;
+#[cfg(unix)]
+pub(crate) mod prefork;
 #[cfg(any(target_os = "linux", target_os = "android"))]
 pub(crate) mod reactor;
 mod sync;
 mod threading;
+
+#[cfg(unix)]
+pub use forking::Forking;
+#[cfg(unix)]
+pub use prefork::Prefork;
 
 /// How a server runs its requests: the strategies are described on each
 /// variant, and compared under "Which dispatch strategy?" in the
@@ -64,6 +82,14 @@ pub enum Dispatch {
     /// Message-mode connections parked in a poller between messages.
     #[cfg(any(target_os = "linux", target_os = "android"))]
     Reactor(Reactor),
+    /// A child process per request; see [`Forking`] for the behaviour and
+    /// the fork-safety rules.
+    #[cfg(unix)]
+    Forking(Forking),
+    /// Supervised worker processes accepting on one listening socket; see
+    /// [`Prefork`].
+    #[cfg(unix)]
+    Prefork(Prefork),
 }
 
 impl Dispatch {
@@ -86,6 +112,20 @@ impl Dispatch {
     #[cfg(any(target_os = "linux", target_os = "android"))]
     pub fn reactor(workers: usize) -> Self {
         Dispatch::Reactor(Reactor::new(workers))
+    }
+
+    /// [`Dispatch::Forking`] with at most 40 children at once (Python's
+    /// `max_children`).
+    #[cfg(unix)]
+    pub fn forking() -> Self {
+        Dispatch::Forking(Forking::new())
+    }
+
+    /// [`Dispatch::Prefork`] with `processes` workers, each serving one
+    /// request at a time ([`Dispatch::Sync`]).
+    #[cfg(unix)]
+    pub fn prefork(processes: usize) -> Self {
+        Dispatch::Prefork(Prefork::new(processes))
     }
 }
 
@@ -318,12 +358,27 @@ impl From<Reactor> for Dispatch {
     }
 }
 
+/// How one request ended, as [`Work::run`] reports it. Threads ignore it; a
+/// forked child turns it into its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// The handler returned `Ok` and the request was closed cleanly.
+    Completed,
+    /// The request failed with an error (reported to `handle_error`).
+    Failed,
+    /// The handler panicked (caught, reported to `handle_error`).
+    Panicked,
+}
+
 /// What a dispatcher runs: the server's request lifecycle for one job.
 pub(crate) trait Work: Send + Sync + 'static {
     type Job: Send + 'static;
-    /// Runs a request to completion. Never panics: handler panics are caught
-    /// and reported inside.
-    fn run(&self, job: Self::Job);
+    /// Runs a request to completion and says how it ended. Never panics:
+    /// handler panics are caught and reported inside.
+    fn run(&self, job: Self::Job) -> Outcome;
+    /// The peer of a job, for logs written far from the job itself (a
+    /// forked child's exit).
+    fn peer(job: &Self::Job) -> String;
     /// Refuses a request because the dispatcher is full.
     fn reject(&self, job: Self::Job);
     /// Drops a request that never started because the drain deadline passed.
@@ -343,6 +398,8 @@ pub(crate) enum Dispatcher<W: Work> {
     Pool(pool::PoolDispatcher<W>),
     #[cfg(any(target_os = "linux", target_os = "android"))]
     Reactor(Box<dyn reactor::ReactorDispatch<W::Job>>),
+    #[cfg(unix)]
+    Forking(forking::ForkingDispatcher),
 }
 
 impl<W: Work> Dispatcher<W> {
@@ -367,7 +424,50 @@ impl<W: Work> Dispatcher<W> {
             )?),
             #[cfg(any(target_os = "linux", target_os = "android"))]
             Dispatch::Reactor(cfg) => Dispatcher::Reactor(work.start_reactor(cfg)?),
+            #[cfg(unix)]
+            Dispatch::Forking(cfg) => Dispatcher::Forking(forking::ForkingDispatcher::new(
+                cfg,
+                Arc::clone(state),
+                stats.clone(),
+            )?),
+            #[cfg(unix)]
+            Dispatch::Prefork(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "prefork dispatch runs only under serve_forever (its workers are whole serving loops)",
+                ));
+            }
         })
+    }
+
+    /// Tells the dispatcher which descriptor the serving loop accepts on:
+    /// a forked request child closes its copy of a listening socket.
+    pub(crate) fn set_listener(&mut self, fd: std::os::fd::BorrowedFd<'_>) {
+        #[cfg(unix)]
+        if let Dispatcher::Forking(d) = self {
+            d.set_listener(fd);
+        }
+        let _ = fd;
+    }
+
+    /// A descriptor the serving loop should also wait on, for the
+    /// dispatcher's own events (a forked child exited); when it is readable,
+    /// the loop calls [`service`](Self::service).
+    pub(crate) fn wake_fd(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        match self {
+            #[cfg(unix)]
+            Dispatcher::Forking(d) => Some(d.wake_fd()),
+            _ => None,
+        }
+    }
+
+    /// Housekeeping between requests, on the serving thread (Python's
+    /// `ForkingMixIn.service_actions`): reaps exited children.
+    pub(crate) fn service(&mut self) {
+        #[cfg(unix)]
+        if let Dispatcher::Forking(d) = self {
+            d.service();
+        }
     }
 
     /// Hands a job over; may block (backpressure) but wakes on shutdown.
@@ -378,6 +478,8 @@ impl<W: Work> Dispatcher<W> {
             Dispatcher::Pool(d) => d.dispatch(job),
             #[cfg(any(target_os = "linux", target_os = "android"))]
             Dispatcher::Reactor(d) => d.dispatch(job),
+            #[cfg(unix)]
+            Dispatcher::Forking(d) => d.dispatch(work, job),
         }
     }
 
@@ -391,6 +493,8 @@ impl<W: Work> Dispatcher<W> {
             Dispatcher::Pool(d) => d.drain(),
             #[cfg(any(target_os = "linux", target_os = "android"))]
             Dispatcher::Reactor(d) => d.drain(),
+            #[cfg(unix)]
+            Dispatcher::Forking(d) => d.drain(),
         }
     }
 }

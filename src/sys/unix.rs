@@ -58,7 +58,7 @@ pub(crate) enum Ready {
 /// Converts a remaining duration to a `poll(2)` timeout in milliseconds,
 /// rounding up so a sub-millisecond remainder does not become a busy loop of
 /// zero-timeout polls.
-fn poll_timeout(remaining: Option<Duration>) -> PollTimeout {
+pub(super) fn poll_timeout(remaining: Option<Duration>) -> PollTimeout {
     match remaining {
         None => PollTimeout::NONE,
         Some(d) => {
@@ -80,25 +80,54 @@ pub(crate) fn wait_readable(
     waker: &Waker,
     timeout: Option<Duration>,
 ) -> io::Result<Ready> {
+    match wait_readable_or(fd, None, waker, timeout)? {
+        ReadyOr::Ready(ready) => Ok(ready),
+        ReadyOr::Extra => unreachable!("no extra descriptor was polled"),
+    }
+}
+
+/// What [`wait_readable_or`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadyOr {
+    /// What [`wait_readable`] would have seen.
+    Ready(Ready),
+    /// The extra descriptor is readable.
+    Extra,
+}
+
+/// [`wait_readable`], also waking when `extra` (if any) is readable: a
+/// dispatcher's own event source, such as forking dispatch's "a child
+/// exited" pipe. The socket wins over `extra`, the waker over both.
+pub(crate) fn wait_readable_or(
+    fd: BorrowedFd<'_>,
+    extra: Option<BorrowedFd<'_>>,
+    waker: &Waker,
+    timeout: Option<Duration>,
+) -> io::Result<ReadyOr> {
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let mut fds = [
             PollFd::new(waker.fd(), PollFlags::POLLIN),
             PollFd::new(fd, PollFlags::POLLIN),
+            PollFd::new(extra.unwrap_or(fd), PollFlags::POLLIN),
         ];
-        match poll(&mut fds, poll_timeout(remaining)) {
+        let used = if extra.is_some() { 3 } else { 2 };
+        match poll(&mut fds[..used], poll_timeout(remaining)) {
             Ok(0) => {
                 if deadline.is_none_or(|d| Instant::now() >= d) {
-                    return Ok(Ready::TimedOut);
+                    return Ok(ReadyOr::Ready(Ready::TimedOut));
                 }
             }
             Ok(_) => {
                 if fds[0].any().unwrap_or(false) {
-                    return Ok(Ready::Woken);
+                    return Ok(ReadyOr::Ready(Ready::Woken));
                 }
                 if fds[1].any().unwrap_or(false) {
-                    return Ok(Ready::Io);
+                    return Ok(ReadyOr::Ready(Ready::Io));
+                }
+                if used == 3 && fds[2].any().unwrap_or(false) {
+                    return Ok(ReadyOr::Extra);
                 }
             }
             Err(Errno::EINTR) => {}
