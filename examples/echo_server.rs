@@ -13,7 +13,14 @@
 //! printf 'hello' | nc -u -w1 127.0.0.1 9998                   # UDP
 //! cargo run --example echo_server -- --unix /tmp/echo.sock
 //! printf 'hello\n' | nc -q1 -U /tmp/echo.sock                 # Unix stream
+//! cargo run --example echo_server -- --mode forking --workers 8    # a process per connection
+//! cargo run --example echo_server -- --mode prefork --processes 4 --workers 8
 //! ```
+//!
+//! `--workers N` is the pool's (and reactor's) thread count, threading's
+//! thread cap, forking's `max_children`, and prefork's threads per worker
+//! process (a pool of N in each; one request at a time when N is 1 or
+//! absent).
 //!
 //! The first line on stdout is exactly `listening on tcp://HOST:PORT`
 //! (`udp://HOST:PORT`, `unix://PATH`) with the real bound address, so a
@@ -33,9 +40,9 @@ use std::time::Duration;
 use clap::{Parser, ValueEnum};
 use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
 use socketserver::{
-    Action, Connection, DatagramRequest, DatagramSocket, Dispatch, MessageHandler, Messages, Pool,
-    Reactor, Server, Service, StreamRequest, StreamSocket, TcpServer, Threading, Transport,
-    UdpServer, UnixDatagramServer, UnixStreamServer,
+    Action, Connection, DatagramRequest, DatagramSocket, Dispatch, Forking, MessageHandler,
+    Messages, Pool, Prefork, Reactor, Server, Service, StreamRequest, StreamSocket, TcpServer,
+    Threading, Transport, UdpServer, UnixDatagramServer, UnixStreamServer,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -49,6 +56,10 @@ enum Mode {
     /// Message mode: connections wait in an epoll poller between reads and
     /// a few workers serve whichever is ready (TCP and Unix stream only).
     Reactor,
+    /// A child process per connection (or datagram).
+    Forking,
+    /// Supervised worker processes accepting on the one socket.
+    Prefork,
 }
 
 /// A raw byte echo server.
@@ -61,9 +72,15 @@ struct Args {
     /// Dispatch strategy.
     #[arg(long, value_enum, default_value_t = Mode::Pool)]
     mode: Mode,
-    /// Worker threads (pool), or the cap on live threads (threading).
+    /// Worker threads (pool, reactor); the cap on live threads (threading)
+    /// or on live child processes (forking; default 40); threads per worker
+    /// process (prefork: a pool of N in each, or one request at a time if N
+    /// is 1 or absent).
     #[arg(long)]
     workers: Option<usize>,
+    /// Worker processes (prefork; default: one per core).
+    #[arg(long, value_name = "P")]
+    processes: Option<usize>,
     /// Pool queue size (requests waiting for a worker).
     #[arg(long)]
     queue: Option<usize>,
@@ -131,6 +148,17 @@ fn dispatch(args: &Args) -> Dispatch {
             pool.into()
         }
         Mode::Reactor => args.workers.map(Reactor::new).unwrap_or_default().into(),
+        Mode::Forking => match args.workers {
+            Some(max) => Forking::new().max_children(max).into(),
+            None => Dispatch::forking(),
+        },
+        Mode::Prefork => {
+            let prefork = args.processes.map(Prefork::new).unwrap_or_default();
+            match args.workers {
+                Some(n) if n > 1 => prefork.dispatch(Pool::new(n)).into(),
+                _ => prefork.into(),
+            }
+        }
     }
 }
 

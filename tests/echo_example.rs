@@ -29,7 +29,7 @@ fn echo(addr: SocketAddr, data: &[u8]) -> Vec<u8> {
 
 #[test]
 fn first_line_is_exact_and_every_mode_echoes_raw_bytes() {
-    for mode in ["sync", "threading", "pool", "reactor"] {
+    for mode in ["sync", "threading", "pool", "reactor", "forking", "prefork"] {
         let (mut proc, addr) = start(&["--bind", "127.0.0.1:0", "--mode", mode]);
         assert_eq!(
             proc.first_line,

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use util::{Proc, STEP, connect};
 
-const MODES: [&str; 4] = ["sync", "threading", "pool", "reactor"];
+const MODES: [&str; 6] = ["sync", "threading", "pool", "reactor", "forking", "prefork"];
 
 /// What the server logs once it has begun shutting down (after it stopped
 /// accepting).

@@ -18,6 +18,9 @@ use std::sync::{Mutex, OnceLock};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
+#[cfg(target_os = "linux")]
+pub mod procfs;
+
 use socketserver::{
     Dispatch, Overflow, Pool, Server, Service, ShutdownHandle, ShutdownReport, Threading, Transport,
 };
