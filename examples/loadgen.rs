@@ -269,8 +269,49 @@ struct TcpWorker {
     timeout: Duration,
     window: Window,
     slots: Vec<TcpSlot>,
+    /// Connections opened so far (picks each one's source address).
+    opened: u64,
     counts: Counts,
     hist: Histogram<u64>,
+}
+
+/// How many loopback source addresses (127.0.0.1, 127.0.0.2, ...) the
+/// connections of an IPv4 run rotate over.
+const SOURCE_ADDRS: u64 = 32;
+
+/// Starts a non-blocking connect to `addr`, the `n`th of this thread.
+///
+/// For an IPv4 loopback server, connection `n` comes from source address
+/// 127.0.0.(1 + n mod 32) (all of 127.0.0.0/8 is the loopback interface),
+/// with `IP_BIND_ADDRESS_NO_PORT` so the port is picked at connect time
+/// for the whole 4-tuple (ip(7)). Why: a client that closes first leaves
+/// each connection in TIME_WAIT for 60 s, and at tens of thousands of
+/// connections a second (tcp-connect) one source address runs its 28,000
+/// ephemeral ports dry; the kernel then spends the client's time searching
+/// for a reusable port in `connect` (`__inet_hash_connect` tops the
+/// profile), and the load generator, not the server, sets the pace.
+fn open_stream(addr: SocketAddr, n: u64) -> io::Result<TcpStream> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_nonblocking(true)?;
+    if let SocketAddr::V4(v4) = addr
+        && v4.ip().is_loopback()
+    {
+        nix::sys::socket::setsockopt(
+            &socket,
+            nix::sys::socket::sockopt::IpBindAddressNoPort,
+            &true,
+        )?;
+        let host = 1 + (n % SOURCE_ADDRS) as u8;
+        let src = SocketAddr::from(([127, 0, 0, host], 0));
+        socket.bind(&src.into())?;
+    }
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::EINPROGRESS as i32) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(TcpStream::from_std(std::net::TcpStream::from(socket)))
 }
 
 impl TcpWorker {
@@ -311,6 +352,7 @@ impl TcpWorker {
             timeout,
             window,
             slots,
+            opened: 0,
             counts: Counts::default(),
             hist: new_histogram(),
         })
@@ -409,7 +451,8 @@ impl TcpWorker {
         slot.readable = false;
         slot.started = now;
         slot.deadline = now + self.timeout;
-        match TcpStream::connect(self.addr) {
+        self.opened += 1;
+        match open_stream(self.addr, self.opened) {
             Ok(mut stream) => {
                 let t = token(i, slot.generation);
                 match self.poll.registry().register(

@@ -179,6 +179,37 @@ def skip_reason(name, test):
     return None
 
 
+def machine_busy(interval):
+    """Share of the machine's CPU busy over `interval` seconds (/proc/stat)."""
+    def read():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:9]]
+        return sum(v) - v[3] - v[4], sum(v)
+    b0, t0 = read()
+    time.sleep(interval)
+    b1, t1 = read()
+    return (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+
+
+class QuietGate:
+    """Before each run, waits (bounded) until the machine is nearly idle:
+    on a shared 2-core machine another process's build would otherwise
+    land in the middle of a measurement. Each wait is at most `per_run`
+    seconds and all waits together at most `budget`; after that runs go
+    ahead regardless (each run records what other processes used in its
+    window, `others_busy_pct`, and the report shows it)."""
+
+    def __init__(self, per_run, budget):
+        self.per_run, self.budget, self.waited = per_run, budget, 0.0
+
+    def wait(self):
+        t0 = time.monotonic()
+        limit = min(self.per_run, self.budget - self.waited)
+        while machine_busy(0.25) > 0.15 and time.monotonic() - t0 < limit:
+            time.sleep(0.5)
+        self.waited += time.monotonic() - t0
+
+
 def run_cell(name, test, args, logfile):
     """Starts the server, runs loadgen once, stops the server. Returns the
     loadgen JSON (plus rss_kb for the idle test) or raises."""
@@ -188,7 +219,8 @@ def run_cell(name, test, args, logfile):
         argv = [EXAMPLES / "loadgen", "--mode", test["mode"], "--addr", server.addr,
                 "--connections", test["c"], "--size", test["m"],
                 "--duration", args.duration, "--warmup", args.warmup,
-                "--server-pid", server.pid, "--timeout-ms", timeout_ms, "--json"]
+                "--server-pid", server.pid, "--timeout-ms", timeout_ms, "--json",
+                "--threads", min(args.loadgen_threads, test["c"])]
         if test.get("k"):
             argv += ["--idle", test["k"]]
         argv = [str(a) for a in argv]
@@ -247,6 +279,7 @@ def summarize(runs):
         cpu=median([r.get("server_cpu_us_per_req") for r in runs]),
         p99=median([r.get("p99_us") for r in runs]),
         lgcpu=median([r.get("loadgen_cpu_us_per_req") for r in runs]),
+        others=median([r.get("others_busy_pct") for r in runs]),
         busy=median([r.get("machine_busy_pct") for r in runs]),
         errors=sum(r["errors"] for r in runs),
         lost=sum(r.get("lost", 0) for r in runs),
@@ -263,6 +296,12 @@ def main():
     ap.add_argument("--rounds", type=int, help="rounds per cell (default 5; --quick 1)")
     ap.add_argument("--duration", type=float, help="measured seconds per run (default 2; --quick 1)")
     ap.add_argument("--warmup", type=float, help="warm-up seconds per run (default 0.5)")
+    ap.add_argument("--loadgen-threads", type=int, default=2,
+                    help="loadgen event-loop threads (default 2, one per core; at most C)")
+    ap.add_argument("--quiet-wait", type=float, default=10,
+                    help="before each run, wait up to this many seconds for the machine to go idle (default 10)")
+    ap.add_argument("--quiet-budget", type=float, default=240,
+                    help="total seconds all those waits may take (default 240)")
     ap.add_argument("--tests", help="comma-separated test ids to run: " + ",".join(t["id"] for t in TESTS))
     ap.add_argument("--modes", help="comma-separated modes (default: every mode echo_server lists)")
     ap.add_argument("--command", default=None, help=argparse.SUPPRESS)
@@ -301,13 +340,18 @@ def main():
     results = {}  # (test id, server) -> list of loadgen JSON
     failures = {}  # (test id, server) -> reason
     started = time.monotonic()
-    for test in tests:
-        active = [s for s in servers if not skip_reason(s, test)]
-        for rnd in range(args.rounds):
+    gate = QuietGate(args.quiet_wait, args.quiet_budget)
+    # Round-major: every round visits every test and every server, so each
+    # cell's samples are spread over the whole run and compare fairly with
+    # every other cell's (the idle-crowd ratio divides two tests).
+    for rnd in range(args.rounds):
+        for test in tests:
+            active = [s for s in servers if not skip_reason(s, test)]
             # Rotate who goes first each round.
             order = active[rnd % len(active):] + active[:rnd % len(active)]
             for name in order:
                 key = (test["id"], name)
+                gate.wait()
                 try:
                     r = run_cell(name, test, args, logfile)
                 except Exception as e:  # report it in the table, go on
@@ -354,8 +398,10 @@ def main():
     w("")
     w(f"- machine: `nproc` = {os.cpu_count()}, kernel `{platform.release()}`, {cpu_model or 'CPU unknown'}")
     w(f"- command: `{args.command or 'scripts/bench.py ' + ' '.join(sys.argv[1:])}`")
-    w(f"- {args.rounds} round(s) per cell, {args.warmup:g} s warm-up + {args.duration:g} s window per run; "
-      f"medians over rounds; {elapsed / 60:.1f} min in all")
+    w(f"- {args.rounds} round(s) per cell, {args.warmup:g} s warm-up + {args.duration:g} s window per run, "
+      f"loadgen with {args.loadgen_threads} thread(s) (at most C); "
+      f"medians over rounds; {elapsed / 60:.1f} min in all, {gate.waited:.0f} s of it waiting for "
+      f"other processes to quiet down")
     others = [r.get("others_busy_pct") for rs in results.values() for r in rs
               if r.get("others_busy_pct") is not None]
     if others:
@@ -365,19 +411,20 @@ def main():
       "for UDP a single-threaded recv_from/send_to loop) in the same run; "
       "CPU = the server's utime+stime per request (per connection for tcp-connect)")
     w("")
-    w("| test | server | req/s | ×naive | server CPU µs/req | ×naive | p99 µs | ×naive | errors | req/s per round |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    w("| test | server | req/s | ×naive | server CPU µs/req | ×naive | p99 µs | ×naive | errors | "
+      "req/s per round | others' CPU % |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|")
     for test in tests:
         base = summary.get((test["id"], "naive"))
         for name in servers:
             key = (test["id"], name)
             reason = skip_reason(name, test)
             if reason:
-                w(f"| {test['label']} | {name} | {reason} | | | | | | | |")
+                w(f"| {test['label']} | {name} | {reason} | | | | | | | | |")
                 continue
             s = summary.get(key)
             if s is None:
-                w(f"| {test['label']} | {name} | failed: {failures.get(key, '?')[:60]} | | | | | | | |")
+                w(f"| {test['label']} | {name} | failed: {failures.get(key, '?')[:60]} | | | | | | | | |")
                 continue
             errs = str(s["errors"])
             if test.get("udp"):
@@ -388,7 +435,7 @@ def main():
             b = base or {}
             w(f"| {test['label']} | {name} | {fmt_int(s['rps'])} | {ratio(s['rps'], b.get('rps'))} | "
               f"{fmt(s['cpu'], 2)} | {ratio(s['cpu'], b.get('cpu'))} | {fmt(s['p99'], 0)} | "
-              f"{ratio(s['p99'], b.get('p99'))} | {errs} | {rounds} |")
+              f"{ratio(s['p99'], b.get('p99'))} | {errs} | {rounds} | {fmt(s['others'], 0)} |")
     w("")
 
     # Side figures.
@@ -482,7 +529,8 @@ def main():
     report = "\n".join(lines) + "\n"
     md_path.write_text(report)
     print(report, end="")
-    log(f"bench: done in {elapsed / 60:.1f} min; report saved to {md_path}")
+    log(f"bench: done in {elapsed / 60:.1f} min ({gate.waited:.0f} s of it waiting for a quiet machine); "
+        f"report saved to {md_path}")
     failed_cells = [k for k in failures if k not in results]
     return 1 if failed_cells else 0
 

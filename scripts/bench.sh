@@ -27,4 +27,4 @@ if [ "$hard" != unlimited ] && [ "$hard" -lt "$want" ]; then want=$hard; fi
 soft=$(ulimit -Sn)
 if [ "$soft" = unlimited ] || [ "$soft" -lt "$want" ]; then ulimit -Sn "$want"; fi
 
-exec python3 scripts/bench.py --command "scripts/bench.sh $*" "$@"
+exec python3 scripts/bench.py --command "scripts/bench.sh${*:+ $*}" "$@"
