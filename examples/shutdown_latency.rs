@@ -13,14 +13,17 @@
 //! then calls `shutdown()` and waits for `serve_forever` to return. Prints
 //! a table of p50 and max per mode, or with `--json` one JSON line.
 
-use std::io::{self, Read, Write};
-use std::net::TcpStream;
+use std::io::{self, BufRead, Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use socketserver::{Dispatch, Pool, TcpRequest, TcpServer};
+use socketserver::{
+    Action, Connection, Dispatch, MessageHandler, Messages, Pool, Reactor, Server, Service,
+    StreamSocket, TcpRequest, TcpServer,
+};
 
 /// Measures how long an idle server takes to shut down.
 #[derive(Debug, Parser)]
@@ -43,6 +46,7 @@ fn all_modes() -> Vec<(&'static str, Dispatch)> {
         ("sync", Dispatch::Sync),
         ("threading", Dispatch::threading()),
         ("pool", Pool::default().into()),
+        ("reactor", Reactor::default().into()),
     ]
 }
 
@@ -51,9 +55,43 @@ fn echo(req: &mut TcpRequest) -> io::Result<()> {
     Ok(())
 }
 
+/// The reactor's echo (as in echo_server): echo what has arrived, park.
+#[derive(Debug)]
+struct ReactorEcho;
+
+impl<S: StreamSocket> MessageHandler<S> for ReactorEcho {
+    type State = ();
+
+    fn connect(&self, _conn: &mut Connection<S>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn ready(&self, conn: &mut Connection<S>, _state: &mut ()) -> io::Result<Action> {
+        let data = conn.rfile.fill_buf()?;
+        if data.is_empty() {
+            return Ok(Action::Close);
+        }
+        let n = data.len();
+        conn.wfile.write_all(data)?;
+        conn.rfile.consume(n);
+        Ok(Action::Keep)
+    }
+}
+
 /// One round: returns the shutdown latency.
 fn once(dispatch: &Dispatch) -> io::Result<Duration> {
-    let mut server = TcpServer::bind("127.0.0.1:0", echo)?;
+    if matches!(dispatch, Dispatch::Reactor(_)) {
+        measure(TcpServer::bind("127.0.0.1:0", Messages(ReactorEcho))?, dispatch)
+    } else {
+        measure(TcpServer::bind("127.0.0.1:0", echo)?, dispatch)
+    }
+}
+
+fn measure<H>(mut server: Server<TcpListener, H>, dispatch: &Dispatch) -> io::Result<Duration>
+where
+    H: Service<TcpListener>,
+    Server<TcpListener, H>: Send + 'static,
+{
     server.set_dispatch(dispatch.clone());
     let addr = server.local_addr()?;
     let handle = server.shutdown_handle();

@@ -176,6 +176,8 @@ def server_argv(name, test):
 def skip_reason(name, test):
     if name == "sync" and test["persistent"] and (test["c"] > 1 or test.get("k")):
         return "n/a (one connection at a time)"
+    if name == "reactor" and test.get("udp"):
+        return "n/a (stream sockets only)"
     return None
 
 

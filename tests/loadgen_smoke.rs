@@ -119,6 +119,13 @@ fn tcp_rr_against_echo_server_and_naive_echo() {
     assert_eq!(field(&json, "mode"), "\"tcp-rr\"");
     assert_eq!(num(&json, "connections"), 4.0);
 
+    let (reactor, addr) = server(
+        "echo_server",
+        &["--bind", "127.0.0.1:0", "--mode", "reactor"],
+        "tcp",
+    );
+    loadgen(&reactor, &addr, &["--mode", "tcp-rr", "--connections", "8"]);
+
     let (naive, addr) = server("naive_echo", &["--bind", "127.0.0.1:0"], "tcp");
     // A request larger than one socket read, so echoes arrive in pieces.
     loadgen(
@@ -200,7 +207,7 @@ fn loadgen_refuses_a_non_loopback_address() {
 fn shutdown_latency_reports_every_mode() {
     let out = run_example("shutdown_latency", &["--rounds", "2", "--json"]);
     let json = out.trim();
-    for mode in ["sync", "threading", "pool"] {
+    for mode in ["sync", "threading", "pool", "reactor"] {
         let at = json
             .find(&format!("\"{mode}\":{{"))
             .unwrap_or_else(|| panic!("no {mode} in {json}"));
