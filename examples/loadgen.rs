@@ -36,8 +36,13 @@
 //! (`--threads`, default 1) over non-blocking sockets with `TCP_NODELAY`;
 //! buffers are allocated once per connection, and a request costs one
 //! `write`, one `read` and a share of one `epoll_wait`. It reports its own
-//! CPU time too, and the whole machine's busy time, so you can see when it
-//! would be the bottleneck.
+//! CPU time too (and how much of it was user space), the whole machine's
+//! busy share over the window (`/proc/stat`), and the share that neither
+//! the server nor the load generator used (`others_busy_pct`: other
+//! processes disturbing the measurement), so you can see when it would be
+//! the bottleneck and when a run was noisy. IPv4 connections rotate over
+//! 32 loopback source addresses (see `open_stream`), so tcp-connect does not
+//! run out of ephemeral ports.
 //!
 //! CPU time per request: with `--server-pid PID`, the server's utime + stime
 //! (fields 14 and 15 of `/proc/PID/stat`, in clock ticks of
@@ -47,8 +52,10 @@
 //! live descendant found through `/proc/PID/task/*/children` (recursively,
 //! each with its own reaped children). A child that is reaped between the
 //! read of its own stat and its parent's can be missed or counted twice;
-//! over a window of seconds that is noise. The resolution is one clock tick
-//! (usually 10 ms), so use windows of seconds.
+//! over a window of seconds that is noise. The unit is one clock tick
+//! (usually 10 ms), and with tick-based accounting the kernel charges a
+//! whole tick to whatever runs when it fires, so the figure is statistical:
+//! use windows of seconds and compare medians of several runs.
 //!
 //! Output: a human table on stdout, or with `--json` exactly one JSON line.
 //! The exit status is 0 when the window measured at least one request, 1

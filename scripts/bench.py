@@ -207,6 +207,8 @@ class QuietGate:
     def wait(self):
         t0 = time.monotonic()
         limit = min(self.per_run, self.budget - self.waited)
+        if limit <= 0:
+            return
         while machine_busy(0.25) > 0.15 and time.monotonic() - t0 < limit:
             time.sleep(0.5)
         self.waited += time.monotonic() - t0
