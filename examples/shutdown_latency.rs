@@ -81,7 +81,10 @@ impl<S: StreamSocket> MessageHandler<S> for ReactorEcho {
 /// One round: returns the shutdown latency.
 fn once(dispatch: &Dispatch) -> io::Result<Duration> {
     if matches!(dispatch, Dispatch::Reactor(_)) {
-        measure(TcpServer::bind("127.0.0.1:0", Messages(ReactorEcho))?, dispatch)
+        measure(
+            TcpServer::bind("127.0.0.1:0", Messages(ReactorEcho))?,
+            dispatch,
+        )
     } else {
         measure(TcpServer::bind("127.0.0.1:0", echo)?, dispatch)
     }
