@@ -78,7 +78,9 @@ fn allocations_during(stream: &mut TcpStream, rounds: usize) -> u64 {
 
 fn check(addr: SocketAddr, what: &str) {
     let mut stream = TcpStream::connect(addr).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
     stream.set_nodelay(true).unwrap();
     // Warm up: the connection's buffers, the worker's first event, lazy
     // statics.
