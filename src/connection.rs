@@ -78,6 +78,8 @@ pub(crate) struct Outbound {
     /// The arm generation: bumped at every re-arm, carried in the poller's
     /// token, so an event from an older arm is recognised as stale.
     pub(crate) generation: u32,
+    /// The current arm waits for readability.
+    pub(crate) armed_read: bool,
     /// The current arm waits for writability.
     pub(crate) armed_write: bool,
     pub(crate) closed: bool,
@@ -303,6 +305,10 @@ impl<S: StreamSocket> Read for ConnReader<S> {
                     let Some(deadline) = self.deadline else {
                         return Err(e);
                     };
+                    // This worker is about to wait: events it took for
+                    // other connections go back to the poller.
+                    #[cfg(any(target_os = "linux", target_os = "android"))]
+                    crate::dispatch::reactor::release_taken_events();
                     let fd = self.shared.socket.as_fd();
                     let ready = if self.interruptible {
                         // No waker: the server has finished, so it is

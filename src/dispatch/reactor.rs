@@ -76,6 +76,41 @@ fn token(slot: u32, generation: u32) -> u64 {
     (u64::from(slot) << 32) | u64::from(generation)
 }
 
+/// Events a worker has taken from the poller (up to [`EVENTS_PER_WAIT`] at
+/// a time) but not yet served, and how to give them back.
+#[derive(Default)]
+struct Taken {
+    queue: std::collections::VecDeque<PollEvent>,
+    give_back: Option<Arc<dyn GiveBack>>,
+}
+
+thread_local! {
+    static TAKEN: std::cell::RefCell<Taken> = std::cell::RefCell::default();
+}
+
+/// Re-arms events a worker took but will not serve soon.
+trait GiveBack: Send + Sync {
+    fn give_back(&self, events: std::collections::VecDeque<PollEvent>);
+}
+
+/// Gives the events this worker has taken but not yet served back to the
+/// poller, for other workers to serve. Called just before a handler blocks
+/// (a read waiting for the rest of a message): one-shot arms mean nobody
+/// else would ever see those connections' events until this worker is done.
+pub(crate) fn release_taken_events() {
+    let taken = TAKEN.with(|taken| {
+        let mut taken = taken.borrow_mut();
+        if taken.queue.is_empty() {
+            return None;
+        }
+        let events = std::mem::take(&mut taken.queue);
+        Some((events, taken.give_back.clone()?))
+    });
+    if let Some((events, give_back)) = taken {
+        give_back.give_back(events);
+    }
+}
+
 /// A running reactor, as the server's dispatcher sees it.
 pub trait ReactorDispatch<J>: Send {
     fn dispatch(&mut self, job: J);
@@ -141,7 +176,7 @@ impl Rearm for Rearmer {
         out.generation = out.generation.wrapping_add(1);
         out.armed_write = true;
         let want = Want {
-            read: true,
+            read: out.armed_read,
             write: true,
         };
         if let Err(e) = self.poller.rearm(fd, token(slot, out.generation), want) {
@@ -206,8 +241,10 @@ where
             .and_then(|e| e.clone())
     }
 
-    fn worker(&self, index: usize) {
+    fn worker(self: &Arc<Self>, index: usize) {
         let mut events = PollEvents::with_capacity(EVENTS_PER_WAIT);
+        let give_back: Arc<dyn GiveBack> = Arc::clone(self) as Arc<dyn GiveBack>;
+        TAKEN.with(|taken| taken.borrow_mut().give_back = Some(give_back));
         loop {
             // Worker 0 also runs the idle sweep, so it alone wakes on a timer.
             let timeout = match (index, self.config.idle_timeout) {
@@ -223,8 +260,12 @@ where
                 thread::sleep(Duration::from_millis(10));
                 continue;
             }
-            for event in events.iter() {
+            TAKEN.with(|taken| taken.borrow_mut().queue.extend(events.iter()));
+            // One at a time from the thread-local queue: a handler about to
+            // wait gives the rest back to the poller (`release_taken_events`).
+            while let Some(event) = TAKEN.with(|taken| taken.borrow_mut().queue.pop_front()) {
                 if event.token == EXIT_TOKEN {
+                    TAKEN.with(|taken| taken.take());
                     return;
                 }
                 self.handle_event(event);
@@ -388,8 +429,9 @@ where
             out.active = false;
             out.generation = out.generation.wrapping_add(1);
             out.armed_write = again || out.pending() > 0;
+            out.armed_read = !io.closing && out.pending() <= PAUSE_READING_ABOVE;
             let want = Want {
-                read: !io.closing && out.pending() <= PAUSE_READING_ABOVE,
+                read: out.armed_read,
                 write: out.armed_write,
             };
             let result = self.poller.rearm(
@@ -542,6 +584,39 @@ where
                 self.finish_close(&entry);
             } else {
                 self.close(&entry, &mut io, CloseReason::IdleTimeout);
+            }
+        }
+    }
+}
+
+impl<T, S, M> GiveBack for Core<T, S, M>
+where
+    T: sealed::Transport<Job = StreamJob<S>, Addr = <S as StreamSocket>::Addr>,
+    S: StreamSocket,
+    M: MessageHandler<S>,
+{
+    fn give_back(&self, events: std::collections::VecDeque<PollEvent>) {
+        for event in events {
+            if event.token == EXIT_TOKEN {
+                // Level-triggered: it stays ready for everyone.
+                continue;
+            }
+            let Some(entry) = self.get((event.token >> 32) as u32) else {
+                continue;
+            };
+            let mut out = entry.shared.out.lock();
+            if out.closed || out.active || out.generation != event.token as u32 {
+                continue; // stale: nobody needs it
+            }
+            // The event's arm was consumed: arm the same interest again.
+            out.generation = out.generation.wrapping_add(1);
+            let want = Want {
+                read: out.armed_read,
+                write: out.armed_write,
+            };
+            let token = token(entry.shared.slot, out.generation);
+            if let Err(e) = self.poller.rearm(entry.shared.socket.as_fd(), token, want) {
+                log::error!("cannot give an event back to the poller: {e}");
             }
         }
     }
