@@ -662,3 +662,71 @@ fn a_message_half_received_when_shutdown_begins_ends_with_a_goodbye() {
     assert_eq!(read_line(&mut reader), "", "then closed");
     assert_eq!(report.forced, 0);
 }
+
+/// Regression: the drain wakes parked connections to tell them of the
+/// shutdown, but skipped those a worker was busy with at that moment; they
+/// then waited, unaware, until the drain deadline cut them off.
+#[test]
+fn connections_busy_when_shutdown_begins_still_hear_of_it() {
+    struct Busy {
+        entered: Mutex<Sender<()>>,
+    }
+    impl MessageHandler<TcpStream> for Busy {
+        type State = ();
+        fn connect(&self, conn: &mut Connection<TcpStream>) -> io::Result<()> {
+            conn.wfile.write_all(b"hi\n")
+        }
+        fn ready(&self, conn: &mut Connection<TcpStream>, _: &mut ()) -> io::Result<Action> {
+            let n = conn.rfile.fill_buf()?.len();
+            conn.rfile.consume(n);
+            self.entered.lock().unwrap().send(()).unwrap();
+            // Busy until the shutdown has begun (bounded by STEP).
+            conn.shutdown_token().wait(STEP);
+            Ok(Action::Keep)
+        }
+        fn shutting_down(
+            &self,
+            conn: &mut Connection<TcpStream>,
+            _: &mut (),
+        ) -> io::Result<Action> {
+            conn.wfile.write_all(b"bye\n")?;
+            Ok(Action::Close)
+        }
+    }
+    const BUSY: usize = 4;
+    let (tx, rx) = mpsc::channel();
+    let mut server = TcpServer::bind(
+        "127.0.0.1:0",
+        Messages(Busy {
+            entered: Mutex::new(tx),
+        }),
+    )
+    .unwrap();
+    server.set_dispatch(Reactor::new(BUSY));
+    // A drain far longer than any wait below: hearing of the shutdown must
+    // not depend on the deadline.
+    server.set_drain_timeout(STEP * 3);
+    let running = spawn(server);
+    let clients: Vec<_> = (0..BUSY)
+        .map(|_| {
+            let mut c = connect(running.addr);
+            let mut r = BufReader::new(c.try_clone().unwrap());
+            assert_eq!(read_line(&mut r), "hi\n");
+            c.write_all(b"x").unwrap();
+            (c, r)
+        })
+        .collect();
+    for _ in 0..BUSY {
+        recv(&rx, "every worker busy in a handler");
+    }
+    let started = Instant::now();
+    let report = running.stop();
+    assert!(
+        started.elapsed() < STEP,
+        "the drain waited for its deadline"
+    );
+    for (_c, mut r) in clients {
+        assert_eq!(read_line(&mut r), "bye\n");
+    }
+    assert_eq!(report.forced, 0);
+}

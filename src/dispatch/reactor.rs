@@ -428,7 +428,11 @@ where
             let mut out = entry.shared.out.lock();
             out.active = false;
             out.generation = out.generation.wrapping_add(1);
-            out.armed_write = again || out.pending() > 0;
+            // A handler not yet told of a shutdown that began while it ran
+            // (the drain's wake-up skipped it, it was busy) is called again
+            // at once: writability is immediate.
+            let untold = io.state.is_some() && !io.told_shutdown && self.state().is_shutting_down();
+            out.armed_write = again || untold || out.pending() > 0;
             out.armed_read = !io.closing && out.pending() <= PAUSE_READING_ABOVE;
             let want = Want {
                 read: out.armed_read,
@@ -619,6 +623,36 @@ where
                 log::error!("cannot give an event back to the poller: {e}");
             }
         }
+    }
+}
+
+impl<T, S, M> Core<T, S, M>
+where
+    T: sealed::Transport<Job = StreamJob<S>, Addr = <S as StreamSocket>::Addr>,
+    S: StreamSocket,
+    M: MessageHandler<S>,
+{
+    /// Logs the connections still open when the drain is forced.
+    fn describe_open(&self, count: usize) {
+        let entries: Vec<_> = self.slab.read().entries.iter().flatten().cloned().collect();
+        let described: Vec<String> = entries
+            .iter()
+            .take(10)
+            .map(|entry| {
+                let out = entry.shared.out.lock();
+                let doing = if out.active { "in a handler" } else { "parked" };
+                format!(
+                    "{:?} ({doing}, {} bytes unsent)",
+                    entry.shared.socket.peer_addr().ok(),
+                    out.pending()
+                )
+            })
+            .collect();
+        log::warn!(
+            "drain deadline: {count} connection(s) still open: {}{}",
+            described.join(", "),
+            if entries.len() > 10 { ", ..." } else { "" }
+        );
     }
 }
 
@@ -891,9 +925,19 @@ where
             }
         }
         let mut stuck = 0;
+        let mut described = false;
         {
             let mut open = core.open.lock();
             while *open > 0 {
+                if !described && core.state().is_forced() {
+                    // Say who outstayed the drain, for whoever reads the log.
+                    described = true;
+                    let count = *open;
+                    drop(open);
+                    core.describe_open(count);
+                    open = core.open.lock();
+                    continue;
+                }
                 // `force()` can move the deadline earlier while we wait:
                 // look again at least every 50 ms.
                 let until = give_up_at(core.state());
