@@ -47,6 +47,7 @@
 //! | `StreamRequestHandler.rfile/wfile`   | [`StreamRequest::rfile`], [`StreamRequest::wfile`] |
 //! | `DatagramRequestHandler`             | [`DatagramRequest`]                             |
 //! | `ThreadingMixIn`                     | [`Dispatch::Threading`]                         |
+//! | `ThreadingTCPServer`, `ForkingUDPServer`, ... | [`python::ThreadingTcpServer`], [`python::ForkingUdpServer`], ... |
 //! | (none)                               | [`Dispatch::Pool`]                              |
 //! | `ForkingMixIn` (`max_children`)      | [`Dispatch::Forking`] ([`Forking::max_children`]) |
 //! | (none; gunicorn, Unicorn)            | [`Dispatch::Prefork`]                           |
@@ -468,6 +469,7 @@ mod dispatch;
 mod error;
 mod handler;
 mod net;
+pub mod python;
 mod request;
 mod server;
 mod shutdown;

@@ -676,3 +676,17 @@ fn dual_stack_listener_accepts_ipv4_and_v6_only_refuses_it() {
     assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
     running.stop();
 }
+
+#[test]
+fn python_names_bind_servers_with_their_mixin_dispatch() {
+    use socketserver::python::ThreadingTcpServer;
+    let server = ThreadingTcpServer::bind("127.0.0.1:0", |req: &mut TcpRequest| {
+        let name = thread::current().name().unwrap_or("").to_owned();
+        req.wfile.write_all(name.as_bytes())
+    })
+    .unwrap();
+    let running = spawn(server);
+    let reply = String::from_utf8(echo_once(running.addr, b"")).unwrap();
+    assert!(reply.starts_with("socketserver-request-"), "{reply:?}");
+    running.stop();
+}
