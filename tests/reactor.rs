@@ -730,3 +730,59 @@ fn connections_busy_when_shutdown_begins_still_hear_of_it() {
     }
     assert_eq!(report.forced, 0);
 }
+
+/// Regression: a worker takes several ready events at once; if the handler
+/// of the first blocked on something other than its connection, the others
+/// waited behind it although another worker sat idle.
+#[test]
+fn a_handler_blocked_elsewhere_does_not_hold_up_other_connections() {
+    struct Gate {
+        gate: Mutex<std::sync::mpsc::Receiver<()>>,
+    }
+    impl MessageHandler<TcpStream> for Gate {
+        type State = ();
+        fn connect(&self, _: &mut Connection<TcpStream>) -> io::Result<()> {
+            Ok(())
+        }
+        fn ready(&self, conn: &mut Connection<TcpStream>, _: &mut ()) -> io::Result<Action> {
+            let mut line = String::new();
+            if conn.rfile.read_line(&mut line)? == 0 {
+                return Ok(Action::Close);
+            }
+            if line == "block\n" {
+                // Blocks on a channel, not on the connection.
+                let _ = self.gate.lock().unwrap().recv_timeout(STEP);
+            }
+            conn.wfile.write_all(line.as_bytes())?;
+            Ok(Action::Keep)
+        }
+    }
+    let (open, gate) = mpsc::channel();
+    let mut server = TcpServer::bind(
+        "127.0.0.1:0",
+        Messages(Gate {
+            gate: Mutex::new(gate),
+        }),
+    )
+    .unwrap();
+    server.set_dispatch(Reactor::new(2));
+    let running = spawn(server);
+    for _ in 0..10 {
+        let mut blocker = connect(running.addr);
+        let mut other = connect(running.addr);
+        // Both arrive together, so one worker may take both events.
+        blocker.write_all(b"block\n").unwrap();
+        other.write_all(b"free\n").unwrap();
+        let started = Instant::now();
+        let mut reader = BufReader::new(other.try_clone().unwrap());
+        assert_eq!(read_line(&mut reader), "free\n");
+        assert!(
+            started.elapsed() < STEP / 2,
+            "waited behind the blocked handler"
+        );
+        open.send(()).unwrap();
+        let mut reader = BufReader::new(blocker.try_clone().unwrap());
+        assert_eq!(read_line(&mut reader), "block\n");
+    }
+    running.stop();
+}

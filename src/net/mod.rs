@@ -21,11 +21,6 @@ use crate::request::StreamRequest;
 use crate::server::Context;
 use crate::shutdown::{ForceClose, Registration};
 
-mod tcp;
-mod udp;
-#[cfg(unix)]
-mod unix;
-
 pub(crate) use udp::send_datagram;
 #[cfg(unix)]
 pub use unix::{UnixDatagramSocket, UnixListener};
@@ -172,6 +167,199 @@ pub(crate) fn stop_listening(listener: BorrowedFd<'_>) {
         Err(e) => log::debug!(
             "cannot shut the listening socket down early ({e}); it is closed after the serving loop returns"
         ),
+    }
+}
+
+/// Implements [`StreamSocket`] for a std stream type by forwarding to its
+/// inherent methods (`TcpStream`, `UnixStream`). `$nodelay` sets
+/// `TCP_NODELAY`, or does nothing where there is no Nagle algorithm.
+macro_rules! std_stream_socket {
+    ($stream:ty, $addr:ty, nodelay: $nodelay:expr) => {
+        impl crate::net::private::Sealed for $stream {}
+
+        impl crate::net::StreamSocket for $stream {
+            type Addr = $addr;
+
+            #[inline]
+            fn read_shared(&self, buf: &mut [u8]) -> std::io::Result<usize> {
+                std::io::Read::read(&mut &*self, buf)
+            }
+            #[inline]
+            fn write_shared(&self, buf: &[u8]) -> std::io::Result<usize> {
+                std::io::Write::write(&mut &*self, buf)
+            }
+            #[inline]
+            fn write_vectored_shared(
+                &self,
+                bufs: &[std::io::IoSlice<'_>],
+            ) -> std::io::Result<usize> {
+                std::io::Write::write_vectored(&mut &*self, bufs)
+            }
+            fn peer_addr(&self) -> std::io::Result<$addr> {
+                <$stream>::peer_addr(self)
+            }
+            fn local_addr(&self) -> std::io::Result<$addr> {
+                <$stream>::local_addr(self)
+            }
+            fn shutdown(&self, how: std::net::Shutdown) -> std::io::Result<()> {
+                <$stream>::shutdown(self, how)
+            }
+            fn set_read_timeout(
+                &self,
+                timeout: Option<std::time::Duration>,
+            ) -> std::io::Result<()> {
+                <$stream>::set_read_timeout(self, timeout)
+            }
+            fn set_write_timeout(
+                &self,
+                timeout: Option<std::time::Duration>,
+            ) -> std::io::Result<()> {
+                <$stream>::set_write_timeout(self, timeout)
+            }
+            fn set_nonblocking(&self, nonblocking: bool) -> std::io::Result<()> {
+                <$stream>::set_nonblocking(self, nonblocking)
+            }
+            fn set_nodelay(&self, nodelay: bool) -> std::io::Result<()> {
+                let set: fn(&$stream, bool) -> std::io::Result<()> = $nodelay;
+                set(self, nodelay)
+            }
+        }
+    };
+}
+
+/// A listening stream socket, as [`stream_transport!`] needs it.
+pub(crate) trait Listen: AsFd + Send + Sync + 'static {
+    type Stream: StreamSocket;
+    fn accept_stream(&self) -> io::Result<(Self::Stream, <Self::Stream as StreamSocket>::Addr)>;
+    fn listen_addr(&self) -> io::Result<<Self::Stream as StreamSocket>::Addr>;
+    fn set_listen_nonblocking(&self) -> io::Result<()>;
+}
+
+/// The [`Transport`] of a stream listener: each accepted connection is one
+/// [`StreamRequest`].
+macro_rules! stream_transport {
+    ($listener:ty => $stream:ty) => {
+        impl crate::net::sealed::Transport for $listener {
+            type Addr = <$stream as crate::net::StreamSocket>::Addr;
+            type Request = crate::request::StreamRequest<$stream>;
+            type Job = crate::net::StreamJob<$stream>;
+
+            fn wait_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                std::os::fd::AsFd::as_fd(self)
+            }
+
+            fn local_addr(&self) -> std::io::Result<Self::Addr> {
+                crate::net::Listen::listen_addr(self)
+            }
+
+            fn prepare(&self, _ctx: &crate::server::Context) -> std::io::Result<()> {
+                crate::net::Listen::set_listen_nonblocking(self)
+            }
+
+            fn next_job(
+                self: &std::sync::Arc<Self>,
+                ctx: &crate::server::Context,
+                _scratch: &mut Vec<u8>,
+            ) -> std::io::Result<crate::net::Next<Self::Job, Self::Addr>> {
+                crate::net::next_stream(&**self, ctx)
+            }
+
+            fn job_peer(job: &Self::Job) -> &Self::Addr {
+                &job.peer
+            }
+
+            fn open(
+                job: Self::Job,
+                ctx: &crate::server::Context,
+            ) -> std::io::Result<Self::Request> {
+                crate::net::open_stream(job, ctx)
+            }
+
+            fn close(request: Self::Request) -> std::io::Result<()> {
+                crate::net::close_stream(request)
+            }
+
+            fn refuse(job: Self::Job, busy: Option<&crate::net::BusyHook<Self::Addr>>) {
+                job.refuse(busy);
+            }
+
+            fn stop_listening(&self) {
+                crate::net::stop_listening(std::os::fd::AsFd::as_fd(self));
+            }
+        }
+    };
+}
+
+/// The [`Transport`] of a datagram socket: each datagram is one
+/// [`DatagramRequest`](crate::DatagramRequest).
+macro_rules! datagram_transport {
+    ($socket:ty) => {
+        impl crate::net::sealed::Transport for $socket {
+            type Addr = <$socket as crate::net::DatagramSocket>::Addr;
+            type Request = crate::request::DatagramRequest<$socket>;
+            type Job = crate::net::udp::DatagramJob<$socket>;
+
+            fn wait_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+                std::os::fd::AsFd::as_fd(self)
+            }
+
+            fn local_addr(&self) -> std::io::Result<Self::Addr> {
+                crate::net::DatagramSocket::local_addr(self)
+            }
+
+            fn prepare(&self, _ctx: &crate::server::Context) -> std::io::Result<()> {
+                crate::net::DatagramSocket::set_nonblocking(self, true)
+            }
+
+            fn next_job(
+                self: &std::sync::Arc<Self>,
+                ctx: &crate::server::Context,
+                scratch: &mut Vec<u8>,
+            ) -> std::io::Result<crate::net::Next<Self::Job, Self::Addr>> {
+                crate::net::udp::next_datagram(self, ctx, scratch)
+            }
+
+            fn job_peer(job: &Self::Job) -> &Self::Addr {
+                &job.peer
+            }
+
+            fn open(
+                job: Self::Job,
+                ctx: &crate::server::Context,
+            ) -> std::io::Result<Self::Request> {
+                Ok(crate::net::udp::open_datagram(job, ctx))
+            }
+
+            fn close(request: Self::Request) -> std::io::Result<()> {
+                request.send_wfile()
+            }
+
+            fn refuse(job: Self::Job, busy: Option<&crate::net::BusyHook<Self::Addr>>) {
+                crate::net::udp::refuse_datagram(job, busy);
+            }
+        }
+    };
+}
+
+/// Accepts the next connection without blocking.
+pub(crate) fn next_stream<L, S>(
+    listener: &L,
+    ctx: &Context,
+) -> io::Result<Next<StreamJob<S>, S::Addr>>
+where
+    L: Listen<Stream = S>,
+    S: StreamSocket,
+{
+    match listener.accept_stream() {
+        Ok((stream, peer)) => {
+            // BSD-derived systems hand out accepted sockets that inherit
+            // O_NONBLOCK from the listener; handlers expect blocking I/O.
+            #[cfg(not(any(target_os = "linux", target_os = "android")))]
+            stream.set_nonblocking(false)?;
+            Ok(Next::Job(StreamJob::new(stream, peer, ctx)))
+        }
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Next::Empty),
+        Err(e) => Err(e),
     }
 }
 
@@ -447,3 +635,10 @@ where
         )
     }))
 }
+
+// The transports come last: they use the macros above, which must be
+// defined first.
+mod tcp;
+mod udp;
+#[cfg(unix)]
+mod unix;

@@ -5,111 +5,29 @@
 //! before `bind`/`listen`. Each accepted connection becomes one
 //! [`TcpRequest`](crate::TcpRequest).
 
-use std::io::{self, IoSlice, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
-use std::os::fd::{AsFd, BorrowedFd};
-use std::sync::Arc;
-use std::time::Duration;
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 
-use super::{BindOptions, Next, StreamJob, StreamSocket, each_addr, private, sealed};
-use crate::request::StreamRequest;
-use crate::server::{Context, Server, Service};
+use super::{BindOptions, Listen, each_addr};
+use crate::server::{Server, Service};
 
-impl private::Sealed for TcpStream {}
+std_stream_socket!(TcpStream, SocketAddr, nodelay: TcpStream::set_nodelay);
 
-impl StreamSocket for TcpStream {
-    type Addr = SocketAddr;
+impl Listen for TcpListener {
+    type Stream = TcpStream;
 
-    #[inline]
-    fn read_shared(&self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self).read(buf)
+    fn accept_stream(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        self.accept()
     }
-    #[inline]
-    fn write_shared(&self, buf: &[u8]) -> io::Result<usize> {
-        (&*self).write(buf)
+    fn listen_addr(&self) -> io::Result<SocketAddr> {
+        self.local_addr()
     }
-    #[inline]
-    fn write_vectored_shared(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        (&*self).write_vectored(bufs)
-    }
-    fn peer_addr(&self) -> io::Result<SocketAddr> {
-        TcpStream::peer_addr(self)
-    }
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        TcpStream::local_addr(self)
-    }
-    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        TcpStream::shutdown(self, how)
-    }
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        TcpStream::set_read_timeout(self, timeout)
-    }
-    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        TcpStream::set_write_timeout(self, timeout)
-    }
-    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        TcpStream::set_nonblocking(self, nonblocking)
-    }
-    fn set_nodelay(&self, nodelay: bool) -> io::Result<()> {
-        TcpStream::set_nodelay(self, nodelay)
-    }
-}
-
-impl sealed::Transport for TcpListener {
-    type Addr = SocketAddr;
-    type Request = StreamRequest<TcpStream>;
-    type Job = StreamJob<TcpStream>;
-
-    fn wait_fd(&self) -> BorrowedFd<'_> {
-        self.as_fd()
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        TcpListener::local_addr(self)
-    }
-
-    fn prepare(&self, _ctx: &Context) -> io::Result<()> {
+    fn set_listen_nonblocking(&self) -> io::Result<()> {
         self.set_nonblocking(true)
     }
-
-    fn next_job(
-        self: &Arc<Self>,
-        ctx: &Context,
-        _scratch: &mut Vec<u8>,
-    ) -> io::Result<Next<Self::Job, SocketAddr>> {
-        match self.accept() {
-            Ok((stream, peer)) => {
-                // BSD-derived systems hand out accepted sockets that inherit
-                // O_NONBLOCK from the listener; handlers expect blocking I/O.
-                #[cfg(not(any(target_os = "linux", target_os = "android")))]
-                stream.set_nonblocking(false)?;
-                Ok(Next::Job(StreamJob::new(stream, peer, ctx)))
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Next::Empty),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn job_peer(job: &Self::Job) -> &SocketAddr {
-        &job.peer
-    }
-
-    fn open(job: Self::Job, ctx: &Context) -> io::Result<Self::Request> {
-        super::open_stream(job, ctx)
-    }
-
-    fn close(request: Self::Request) -> io::Result<()> {
-        super::close_stream(request)
-    }
-
-    fn refuse(job: Self::Job, busy: Option<&super::BusyHook<SocketAddr>>) {
-        job.refuse(busy);
-    }
-
-    fn stop_listening(&self) {
-        super::stop_listening(self.as_fd());
-    }
 }
+
+stream_transport!(TcpListener => TcpStream);
 
 /// Constructors for [`TcpServer`](crate::TcpServer).
 impl<H> Server<TcpListener, H>

@@ -9,11 +9,10 @@
 
 use std::io;
 use std::net::{SocketAddr, ToSocketAddrs, UdpSocket};
-use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{BindOptions, BusyHook, DatagramSocket, Next, each_addr, private, sealed};
+use super::{BindOptions, BusyHook, DatagramSocket, Next, each_addr, private};
 use crate::error::RequestError;
 use crate::request::DatagramRequest;
 use crate::server::{Context, Server, Service};
@@ -177,47 +176,7 @@ impl DatagramSocket for UdpSocket {
     }
 }
 
-impl sealed::Transport for UdpSocket {
-    type Addr = SocketAddr;
-    type Request = DatagramRequest<UdpSocket>;
-    type Job = DatagramJob<UdpSocket>;
-
-    fn wait_fd(&self) -> BorrowedFd<'_> {
-        self.as_fd()
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        UdpSocket::local_addr(self)
-    }
-
-    fn prepare(&self, _ctx: &Context) -> io::Result<()> {
-        self.set_nonblocking(true)
-    }
-
-    fn next_job(
-        self: &Arc<Self>,
-        ctx: &Context,
-        scratch: &mut Vec<u8>,
-    ) -> io::Result<Next<Self::Job, SocketAddr>> {
-        next_datagram(self, ctx, scratch)
-    }
-
-    fn job_peer(job: &Self::Job) -> &SocketAddr {
-        &job.peer
-    }
-
-    fn open(job: Self::Job, ctx: &Context) -> io::Result<Self::Request> {
-        Ok(open_datagram(job, ctx))
-    }
-
-    fn close(request: Self::Request) -> io::Result<()> {
-        request.send_wfile()
-    }
-
-    fn refuse(job: Self::Job, busy: Option<&BusyHook<SocketAddr>>) {
-        refuse_datagram(job, busy);
-    }
-}
+datagram_transport!(UdpSocket);
 
 /// Constructors for [`UdpServer`](crate::UdpServer).
 impl<H> Server<UdpSocket, H>

@@ -30,62 +30,16 @@
 //! flooded past its backlog can lose its path to a newcomer.
 
 use std::fs;
-use std::io::{self, IoSlice, Read, Write};
-use std::net::Shutdown;
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{SocketAddr, UnixDatagram, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
-use super::udp::{DatagramJob, next_datagram, open_datagram, refuse_datagram};
-use super::{
-    BindOptions, BusyHook, DatagramSocket, Next, StreamJob, StreamSocket, private, sealed,
-};
-use crate::request::{DatagramRequest, StreamRequest};
-use crate::server::{Context, Server, Service};
+use super::{BindOptions, DatagramSocket, Listen, private};
+use crate::server::{Server, Service};
 
-impl private::Sealed for UnixStream {}
-
-impl StreamSocket for UnixStream {
-    type Addr = SocketAddr;
-
-    #[inline]
-    fn read_shared(&self, buf: &mut [u8]) -> io::Result<usize> {
-        (&*self).read(buf)
-    }
-    #[inline]
-    fn write_shared(&self, buf: &[u8]) -> io::Result<usize> {
-        (&*self).write(buf)
-    }
-    #[inline]
-    fn write_vectored_shared(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        (&*self).write_vectored(bufs)
-    }
-    fn peer_addr(&self) -> io::Result<SocketAddr> {
-        UnixStream::peer_addr(self)
-    }
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        UnixStream::local_addr(self)
-    }
-    fn shutdown(&self, how: Shutdown) -> io::Result<()> {
-        UnixStream::shutdown(self, how)
-    }
-    fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        UnixStream::set_read_timeout(self, timeout)
-    }
-    fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
-        UnixStream::set_write_timeout(self, timeout)
-    }
-    fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
-        UnixStream::set_nonblocking(self, nonblocking)
-    }
-    fn set_nodelay(&self, _nodelay: bool) -> io::Result<()> {
-        // Unix sockets have no Nagle algorithm.
-        Ok(())
-    }
-}
+std_stream_socket!(UnixStream, SocketAddr, nodelay: |_, _| Ok(())); // no Nagle here
 
 /// Which file a bound socket path is, so cleanup removes only our own.
 #[derive(Debug, Clone)]
@@ -257,59 +211,21 @@ impl AsFd for UnixListener {
     }
 }
 
-impl sealed::Transport for UnixListener {
-    type Addr = SocketAddr;
-    type Request = StreamRequest<UnixStream>;
-    type Job = StreamJob<UnixStream>;
+impl Listen for UnixListener {
+    type Stream = UnixStream;
 
-    fn wait_fd(&self) -> BorrowedFd<'_> {
-        self.inner.as_fd()
+    fn accept_stream(&self) -> io::Result<(UnixStream, SocketAddr)> {
+        self.inner.accept()
     }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
+    fn listen_addr(&self) -> io::Result<SocketAddr> {
         self.inner.local_addr()
     }
-
-    fn prepare(&self, _ctx: &Context) -> io::Result<()> {
+    fn set_listen_nonblocking(&self) -> io::Result<()> {
         self.inner.set_nonblocking(true)
     }
-
-    fn next_job(
-        self: &Arc<Self>,
-        ctx: &Context,
-        _scratch: &mut Vec<u8>,
-    ) -> io::Result<Next<Self::Job, SocketAddr>> {
-        match self.inner.accept() {
-            Ok((stream, peer)) => {
-                #[cfg(not(any(target_os = "linux", target_os = "android")))]
-                stream.set_nonblocking(false)?;
-                Ok(Next::Job(StreamJob::new(stream, peer, ctx)))
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(Next::Empty),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn job_peer(job: &Self::Job) -> &SocketAddr {
-        &job.peer
-    }
-
-    fn open(job: Self::Job, ctx: &Context) -> io::Result<Self::Request> {
-        super::open_stream(job, ctx)
-    }
-
-    fn close(request: Self::Request) -> io::Result<()> {
-        super::close_stream(request)
-    }
-
-    fn refuse(job: Self::Job, busy: Option<&BusyHook<SocketAddr>>) {
-        job.refuse(busy);
-    }
-
-    fn stop_listening(&self) {
-        super::stop_listening(self.inner.as_fd());
-    }
 }
+
+stream_transport!(UnixListener => UnixStream);
 
 /// A bound Unix datagram socket that removes its file when dropped.
 ///
@@ -395,47 +311,7 @@ impl DatagramSocket for UnixDatagramSocket {
     }
 }
 
-impl sealed::Transport for UnixDatagramSocket {
-    type Addr = SocketAddr;
-    type Request = DatagramRequest<UnixDatagramSocket>;
-    type Job = DatagramJob<UnixDatagramSocket>;
-
-    fn wait_fd(&self) -> BorrowedFd<'_> {
-        self.inner.as_fd()
-    }
-
-    fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.inner.local_addr()
-    }
-
-    fn prepare(&self, _ctx: &Context) -> io::Result<()> {
-        self.inner.set_nonblocking(true)
-    }
-
-    fn next_job(
-        self: &Arc<Self>,
-        ctx: &Context,
-        scratch: &mut Vec<u8>,
-    ) -> io::Result<Next<Self::Job, SocketAddr>> {
-        next_datagram(self, ctx, scratch)
-    }
-
-    fn job_peer(job: &Self::Job) -> &SocketAddr {
-        &job.peer
-    }
-
-    fn open(job: Self::Job, ctx: &Context) -> io::Result<Self::Request> {
-        Ok(open_datagram(job, ctx))
-    }
-
-    fn close(request: Self::Request) -> io::Result<()> {
-        request.send_wfile()
-    }
-
-    fn refuse(job: Self::Job, busy: Option<&BusyHook<SocketAddr>>) {
-        refuse_datagram(job, busy);
-    }
-}
+datagram_transport!(UnixDatagramSocket);
 
 /// Constructors for [`UnixStreamServer`](crate::UnixStreamServer).
 impl<H> Server<UnixListener, H>
