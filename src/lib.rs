@@ -21,7 +21,7 @@
 //! server.set_dispatch(Dispatch::pool(8));
 //! server.shutdown_on_signals()?; // Ctrl-C / SIGTERM: drain, then return
 //! let report = server.serve_forever()?;
-//! eprintln!("stopped: {report}");
+//! log::info!("stopped: {report}");
 //! # std::io::Result::Ok(())
 //! ```
 //!

@@ -578,7 +578,7 @@ impl ShutdownToken {
 /// let mut server = TcpServer::bind("127.0.0.1:0", |_req: &mut TcpRequest| Ok(()))?;
 /// server.shutdown_handle().shutdown();
 /// let report = server.serve_forever()?;
-/// println!("stopped: {report}");
+/// log::info!("stopped: {report}");
 /// # std::io::Result::Ok(())
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

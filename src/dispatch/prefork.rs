@@ -118,7 +118,7 @@ const EXIT_THIRD_SIGNAL: i32 = 130;
 /// server.set_dispatch(Prefork::new(4).dispatch(Dispatch::pool(8)));
 /// server.shutdown_on_signals()?; // SIGTERM: every worker drains, then return
 /// let report = server.serve_forever()?; // this process supervises
-/// eprintln!("stopped: {report}");
+/// log::info!("stopped: {report}");
 /// # std::io::Result::Ok(())
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
