@@ -63,14 +63,15 @@
 //! The first line on stdout is exactly `listening on tcp://HOST:PORT`; logs
 //! go to stderr.
 
-use std::io::{self, IsTerminal, Write};
+mod common;
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
+use simplelog::LevelFilter;
 use socketserver::{
     Action, CloseReason, ConnWriter, Connection, MessageHandler, Messages, Overflow, Reactor,
     TcpServer,
@@ -721,10 +722,7 @@ fn run(args: &Args) -> io::Result<()> {
     server.shutdown_on_signals()?;
 
     let url = format!("tcp://{}", server.local_addr()?);
-    let mut stdout = io::stdout().lock();
-    writeln!(stdout, "listening on {url}")?;
-    stdout.flush()?;
-    drop(stdout);
+    common::announce(&url)?;
     log::info!(
         "chat room on {url}: {} workers, {}",
         args.workers,
@@ -742,7 +740,7 @@ fn run(args: &Args) -> io::Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_level);
+    common::init_logging(args.log_level);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -751,17 +749,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// simplelog to stderr, in colour only when stderr is a terminal.
-fn init_logging(level: LevelFilter) {
-    let config = ConfigBuilder::new()
-        .set_thread_level(LevelFilter::Off)
-        .build();
-    let color = if io::stderr().is_terminal() {
-        ColorChoice::Auto
-    } else {
-        ColorChoice::Never
-    };
-    let _ = TermLogger::init(level, config, TerminalMode::Stderr, color);
 }

@@ -32,13 +32,14 @@
 //! the process then exits with status 0. A second Ctrl-C ends the drain at
 //! once.
 
-use std::io::{self, BufRead, IsTerminal, Write};
+mod common;
+use std::io::{self, BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
+use simplelog::LevelFilter;
 use socketserver::{
     Action, Connection, DatagramRequest, DatagramSocket, Dispatch, Forking, MessageHandler,
     Messages, Pool, Prefork, Reactor, Server, Service, StreamRequest, StreamSocket, TcpServer,
@@ -179,10 +180,7 @@ where
     })?;
     server.set_drain_timeout(drain);
     server.shutdown_on_signals()?;
-    let mut stdout = io::stdout().lock();
-    writeln!(stdout, "listening on {url}")?;
-    stdout.flush()?;
-    drop(stdout);
+    common::announce(&url)?;
     log::info!("echo server on {url}, dispatch {:?}", dispatch(args));
     let report = server.serve_forever()?;
     log::info!("stopped: {report}; {}", server.stats().snapshot());
@@ -230,21 +228,7 @@ fn run(args: &Args) -> io::Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let log_config = ConfigBuilder::new()
-        .set_thread_level(LevelFilter::Off)
-        .build();
-    let _ = TermLogger::init(
-        args.log_level,
-        log_config,
-        TerminalMode::Stderr,
-        // termcolor's Auto looks only at TERM, so a log redirected to a
-        // file would fill with escape codes.
-        if io::stderr().is_terminal() {
-            ColorChoice::Auto
-        } else {
-            ColorChoice::Never
-        },
-    );
+    common::init_logging(args.log_level);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

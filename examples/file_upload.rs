@@ -45,9 +45,10 @@
 //! Ctrl-C or SIGTERM lets uploads in progress finish for up to
 //! `--drain-secs`, then exits with status 0.
 
+mod common;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufRead, IsTerminal, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,7 +56,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use sha2::{Digest, Sha256};
-use simplelog::{ColorChoice, ConfigBuilder, LevelFilter, TermLogger, TerminalMode};
+use simplelog::LevelFilter;
 use socketserver::{Pool, RequestHandler, TcpRequest, TcpServer};
 
 /// The longest header line, in bytes, with its line ending.
@@ -334,10 +335,7 @@ fn run(args: &Args) -> io::Result<()> {
     server.set_drain_timeout(Duration::from_secs_f64(args.drain_secs.max(0.0)));
     server.shutdown_on_signals()?;
     let url = format!("tcp://{}", server.local_addr()?);
-    let mut stdout = io::stdout().lock();
-    writeln!(stdout, "listening on {url}")?;
-    stdout.flush()?;
-    drop(stdout);
+    common::announce(&url)?;
     log::info!(
         "storing uploads in {} on {url}: {} at once, up to {} bytes each",
         dir.display(),
@@ -351,7 +349,7 @@ fn run(args: &Args) -> io::Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    init_logging(args.log_level);
+    common::init_logging(args.log_level);
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -360,17 +358,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// simplelog to stderr, in colour only when stderr is a terminal.
-fn init_logging(level: LevelFilter) {
-    let config = ConfigBuilder::new()
-        .set_thread_level(LevelFilter::Off)
-        .build();
-    let color = if io::stderr().is_terminal() {
-        ColorChoice::Auto
-    } else {
-        ColorChoice::Never
-    };
-    let _ = TermLogger::init(level, config, TerminalMode::Stderr, color);
 }
