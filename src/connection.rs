@@ -305,10 +305,6 @@ impl<S: StreamSocket> Read for ConnReader<S> {
                     let Some(deadline) = self.deadline else {
                         return Err(e);
                     };
-                    // This worker is about to wait: events it took for
-                    // other connections go back to the poller.
-                    #[cfg(any(target_os = "linux", target_os = "android"))]
-                    crate::dispatch::reactor::release_taken_events();
                     let fd = self.shared.socket.as_fd();
                     let ready = if self.interruptible {
                         // No waker: the server has finished, so it is

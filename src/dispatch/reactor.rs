@@ -60,8 +60,8 @@ use crate::sys::{PollEvent, PollEvents, Poller, Waker, Want};
 
 /// The token of the reactor's exit signal.
 const EXIT_TOKEN: u64 = u64::MAX;
-/// Events taken per wait: enough to amortise `epoll_wait` under load, few
-/// enough that one worker does not sit on work others could take.
+/// Events a single worker takes per wait: enough to amortise `epoll_wait`
+/// under load.
 const EVENTS_PER_WAIT: usize = 16;
 /// How many times in a row a handler is called for data it left buffered
 /// before the connection yields to others.
@@ -74,41 +74,6 @@ const PAUSE_READING_ABOVE: usize = 64 * 1024;
 
 fn token(slot: u32, generation: u32) -> u64 {
     (u64::from(slot) << 32) | u64::from(generation)
-}
-
-/// Events a worker has taken from the poller (up to [`EVENTS_PER_WAIT`] at
-/// a time) but not yet served, and how to give them back.
-#[derive(Default)]
-struct Taken {
-    queue: std::collections::VecDeque<PollEvent>,
-    give_back: Option<Arc<dyn GiveBack>>,
-}
-
-thread_local! {
-    static TAKEN: std::cell::RefCell<Taken> = std::cell::RefCell::default();
-}
-
-/// Re-arms events a worker took but will not serve soon.
-trait GiveBack: Send + Sync {
-    fn give_back(&self, events: std::collections::VecDeque<PollEvent>);
-}
-
-/// Gives the events this worker has taken but not yet served back to the
-/// poller, for other workers to serve. Called just before a handler blocks
-/// (a read waiting for the rest of a message): one-shot arms mean nobody
-/// else would ever see those connections' events until this worker is done.
-pub(crate) fn release_taken_events() {
-    let taken = TAKEN.with(|taken| {
-        let mut taken = taken.borrow_mut();
-        if taken.queue.is_empty() {
-            return None;
-        }
-        let events = std::mem::take(&mut taken.queue);
-        Some((events, taken.give_back.clone()?))
-    });
-    if let Some((events, give_back)) = taken {
-        give_back.give_back(events);
-    }
 }
 
 /// A running reactor, as the server's dispatcher sees it.
@@ -215,8 +180,6 @@ where
     open: Mutex<usize>,
     none_open: Condvar,
     exit: Waker,
-    /// Workers blocked in the poller right now.
-    waiting: std::sync::atomic::AtomicUsize,
     epoch: Instant,
     next_sweep: Mutex<Instant>,
 }
@@ -243,10 +206,19 @@ where
             .and_then(|e| e.clone())
     }
 
-    fn worker(self: &Arc<Self>, index: usize) {
-        let mut events = PollEvents::with_capacity(EVENTS_PER_WAIT);
-        let give_back: Arc<dyn GiveBack> = Arc::clone(self) as Arc<dyn GiveBack>;
-        TAKEN.with(|taken| taken.borrow_mut().give_back = Some(give_back));
+    fn worker(&self, index: usize) {
+        // One worker takes events in batches (nobody else could serve them
+        // sooner). With several, each takes one event per wait: a worker
+        // whose handler blocks — on a lock, a database, the rest of a
+        // message — must not sit on ready connections another worker could
+        // serve. (Linux wakes one waiter per event, so the cost is one
+        // `epoll_wait` per event, not a thundering herd.)
+        let batch = if self.config.workers == 1 {
+            EVENTS_PER_WAIT
+        } else {
+            1
+        };
+        let mut events = PollEvents::with_capacity(batch);
         loop {
             // Worker 0 also runs the idle sweep, so it alone wakes on a timer.
             let timeout = match (index, self.config.idle_timeout) {
@@ -257,28 +229,14 @@ where
                 ),
                 _ => None,
             };
-            self.waiting.fetch_add(1, Ordering::SeqCst);
-            let waited = self.poller.wait(&mut events, timeout);
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
-            if let Err(e) = waited {
+            if let Err(e) = self.poller.wait(&mut events, timeout) {
                 log::error!("reactor wait failed: {e}");
                 thread::sleep(Duration::from_millis(10));
                 continue;
             }
-            TAKEN.with(|taken| taken.borrow_mut().queue.extend(events.iter()));
-            // One at a time from the thread-local queue. The rest go back to
-            // the poller when another worker sits idle (it can serve them
-            // now, while this one's handler runs, however long that takes),
-            // or when a handler is about to wait for the rest of a message
-            // (`release_taken_events`). Under full load nobody is idle and
-            // the batch saves a wait per event.
-            while let Some(event) = TAKEN.with(|taken| taken.borrow_mut().queue.pop_front()) {
+            for event in events.iter() {
                 if event.token == EXIT_TOKEN {
-                    TAKEN.with(|taken| taken.take());
                     return;
-                }
-                if self.waiting.load(Ordering::SeqCst) > 0 {
-                    release_taken_events();
                 }
                 self.handle_event(event);
             }
@@ -605,39 +563,6 @@ where
     }
 }
 
-impl<T, S, M> GiveBack for Core<T, S, M>
-where
-    T: sealed::Transport<Job = StreamJob<S>, Addr = <S as StreamSocket>::Addr>,
-    S: StreamSocket,
-    M: MessageHandler<S>,
-{
-    fn give_back(&self, events: std::collections::VecDeque<PollEvent>) {
-        for event in events {
-            if event.token == EXIT_TOKEN {
-                // Level-triggered: it stays ready for everyone.
-                continue;
-            }
-            let Some(entry) = self.get((event.token >> 32) as u32) else {
-                continue;
-            };
-            let mut out = entry.shared.out.lock();
-            if out.closed || out.active || out.generation != event.token as u32 {
-                continue; // stale: nobody needs it
-            }
-            // The event's arm was consumed: arm the same interest again.
-            out.generation = out.generation.wrapping_add(1);
-            let want = Want {
-                read: out.armed_read,
-                write: out.armed_write,
-            };
-            let token = token(entry.shared.slot, out.generation);
-            if let Err(e) = self.poller.rearm(entry.shared.socket.as_fd(), token, want) {
-                log::error!("cannot give an event back to the poller: {e}");
-            }
-        }
-    }
-}
-
 impl<T, S, M> Core<T, S, M>
 where
     T: sealed::Transport<Job = StreamJob<S>, Addr = <S as StreamSocket>::Addr>,
@@ -746,7 +671,6 @@ where
             open: Mutex::new(0),
             none_open: Condvar::new(),
             exit,
-            waiting: Default::default(),
             epoch: now,
             next_sweep: Mutex::new(
                 now + config.idle_timeout.map_or(Duration::ZERO, sweep_interval),
