@@ -2,15 +2,15 @@
 //! up: buffers are reused. Counted with a global allocator, so this file
 //! holds a single test (allocations are process-wide).
 
+mod util;
+
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use socketserver::{
-    Action, Connection, Dispatch, MessageHandler, Messages, Pool, Reactor, TcpRequest, TcpServer,
-};
+use socketserver::{Dispatch, Messages, Pool, Reactor, TcpRequest, TcpServer};
 
 struct Counting;
 
@@ -41,25 +41,6 @@ static GLOBAL: Counting = Counting;
 fn echo(req: &mut TcpRequest) -> io::Result<()> {
     io::copy(&mut req.rfile, &mut req.wfile)?;
     Ok(())
-}
-
-struct Echo;
-
-impl MessageHandler<TcpStream> for Echo {
-    type State = ();
-    fn connect(&self, _: &mut Connection<TcpStream>) -> io::Result<()> {
-        Ok(())
-    }
-    fn ready(&self, conn: &mut Connection<TcpStream>, _: &mut ()) -> io::Result<Action> {
-        let data = conn.rfile.fill_buf()?;
-        if data.is_empty() {
-            return Ok(Action::Close);
-        }
-        let n = data.len();
-        conn.wfile.write_all(data)?;
-        conn.rfile.consume(n);
-        Ok(Action::Keep)
-    }
 }
 
 /// Allocations made, process-wide, while `rounds` 64-byte round trips run
@@ -109,7 +90,7 @@ fn the_echo_path_does_not_allocate_per_request() {
         serving.join().unwrap().unwrap();
     }
     for workers in [1, 2] {
-        let mut server = TcpServer::bind("127.0.0.1:0", Messages(Echo)).unwrap();
+        let mut server = TcpServer::bind("127.0.0.1:0", Messages(util::MessageEcho)).unwrap();
         server.set_dispatch(Reactor::new(workers));
         let addr = server.local_addr().unwrap();
         let handle = server.shutdown_handle();

@@ -12,7 +12,7 @@
 
 mod util;
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, UdpSocket};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::sync::mpsc;
@@ -20,9 +20,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use socketserver::{
-    Action, Connection, Dispatch, MessageHandler, Messages, Pool, Reactor, Server, Service,
-    ShutdownReport, StreamSocket, TcpRequest, TcpServer, Transport, UdpRequest, UdpServer,
-    UnixDatagramRequest, UnixDatagramServer, UnixStreamRequest, UnixStreamServer,
+    Dispatch, Messages, Pool, Reactor, Server, Service, ShutdownReport, TcpRequest, TcpServer,
+    Transport, UdpRequest, UdpServer, UnixDatagramRequest, UnixDatagramServer, UnixStreamRequest,
+    UnixStreamServer,
 };
 use util::{STEP, all_dispatches, connect, echo_once, recv};
 
@@ -222,32 +222,10 @@ fn unix_datagram(name: &str, dispatch: Dispatch, baseline: Counts) {
     drop(dir);
 }
 
-/// A message-mode echo for the keep-alive reactor.
-struct MessageEcho;
-
-impl<S: StreamSocket> MessageHandler<S> for MessageEcho {
-    type State = ();
-
-    fn connect(&self, _conn: &mut Connection<S>) -> io::Result<()> {
-        Ok(())
-    }
-
-    fn ready(&self, conn: &mut Connection<S>, _: &mut ()) -> io::Result<Action> {
-        let data = conn.rfile.fill_buf()?;
-        if data.is_empty() {
-            return Ok(Action::Close);
-        }
-        let n = data.len();
-        conn.wfile.write_all(data)?;
-        conn.rfile.consume(n);
-        Ok(Action::Keep)
-    }
-}
-
 /// The reactor: its workers, its epoll descriptor and its exit waker go
 /// too; one connection served, one parked one cut off at the deadline.
 fn reactor(baseline: Counts) {
-    let mut server = TcpServer::bind("127.0.0.1:0", Messages(MessageEcho)).unwrap();
+    let mut server = TcpServer::bind("127.0.0.1:0", Messages(util::MessageEcho)).unwrap();
     server.set_dispatch(Dispatch::Reactor(Reactor::new(2)));
     server.set_drain_timeout(Duration::from_millis(100));
     server.set_drain_grace(STEP);

@@ -323,3 +323,30 @@ pub fn udp_request(client: &UdpSocket, to: SocketAddr, data: &[u8]) -> (Vec<u8>,
     }
     panic!("no reply from {to} after {UDP_ATTEMPTS} attempts");
 }
+
+/// A message-mode echo for the keep-alive reactor: echoes what has
+/// arrived, then parks; closes at end of file.
+pub struct MessageEcho;
+
+impl<S: socketserver::StreamSocket> socketserver::MessageHandler<S> for MessageEcho {
+    type State = ();
+
+    fn connect(&self, _conn: &mut socketserver::Connection<S>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn ready(
+        &self,
+        conn: &mut socketserver::Connection<S>,
+        _: &mut (),
+    ) -> io::Result<socketserver::Action> {
+        let data = conn.rfile.fill_buf()?;
+        if data.is_empty() {
+            return Ok(socketserver::Action::Close);
+        }
+        let n = data.len();
+        conn.wfile.write_all(data)?;
+        conn.rfile.consume(n);
+        Ok(socketserver::Action::Keep)
+    }
+}
